@@ -1,0 +1,288 @@
+//! Embedding batches: the loaded model with its tokenizer and image processor, and a bounded
+//! pipeline that decodes and preprocesses images on rayon workers while the model runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use crate::config::{ClipConfig, ModelFiles, PreprocessConfig};
+use crate::error::{Error, Result};
+use crate::model::{Checkpoint, ClipModel};
+use crate::preprocess::{self, Pixels, DEFAULT_MAX_PIXELS};
+use crate::tokenizer::ClipTokenizer;
+
+/// Which features to take from a tower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Features {
+    /// The projected embedding (`get_image_features` / `get_text_features`).
+    #[default]
+    Projected,
+    /// The pooled output before the projection (what the CLIP paper's linear probe used).
+    Pooled,
+}
+
+/// A CLIP model ready to embed text and images, with the settings its checkpoint ships.
+pub struct Engine {
+    /// The network.
+    pub model: ClipModel,
+    /// The tokenizer bound to the model's context length.
+    pub tokenizer: ClipTokenizer,
+    /// The image processor settings.
+    pub preprocess: PreprocessConfig,
+    /// Where the model came from (`--model` as given).
+    pub source: String,
+    /// A fingerprint of the model files, for caches.
+    pub fingerprint: String,
+    /// Images with more pixels than this are refused before decoding.
+    pub max_pixels: u64,
+}
+
+/// FNV-1a, a small stable hash for cache keys (not for security).
+pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// The FNV-1a offset basis.
+pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fingerprint(files: &ModelFiles) -> Result<String> {
+    let mut h = fnv1a(
+        &std::fs::read(&files.config).map_err(|e| Error::io(&files.config, e))?,
+        FNV_START,
+    );
+    for w in &files.weights {
+        let meta = std::fs::metadata(w).map_err(|e| Error::io(w, e))?;
+        let canon = std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());
+        h = fnv1a(canon.to_string_lossy().as_bytes(), h);
+        h = fnv1a(&meta.len().to_le_bytes(), h);
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        h = fnv1a(&mtime.to_le_bytes(), h);
+    }
+    Ok(format!("{h:016x}"))
+}
+
+impl Engine {
+    /// Resolves `--model` (a directory or hub id) and loads everything on `device`.
+    pub fn load(spec: &str, device: &Device) -> Result<Self> {
+        let files = crate::hub::resolve_model(spec)?;
+        Self::from_files(&files, device)
+    }
+
+    /// Loads a model from resolved files.
+    pub fn from_files(files: &ModelFiles, device: &Device) -> Result<Self> {
+        let config = ClipConfig::from_file(&files.config)?;
+        let preprocess = match &files.preprocessor {
+            Some(p) => PreprocessConfig::from_value(
+                &crate::config::read_json(p)?,
+                p,
+                config.vision.image_size,
+            )?,
+            None => PreprocessConfig::clip_default(config.vision.image_size),
+        };
+        let size = config.vision.image_size;
+        if preprocess.output_size() != Some((size, size)) {
+            let path = files
+                .preprocessor
+                .clone()
+                .unwrap_or_else(|| files.config.clone());
+            return Err(Error::config(
+                path,
+                "crop_size",
+                format!(
+                    "the processor produces {:?} but the vision model takes {size}x{size} images",
+                    preprocess.output_size()
+                ),
+            ));
+        }
+        let tokenizer = ClipTokenizer::load(
+            &files.tokenizer,
+            files.tokenizer_config.as_deref(),
+            &config.text,
+        )?;
+        let ckpt = Checkpoint::open(&files.weights)?;
+        let model = ClipModel::load(config, &ckpt, device)?;
+        Ok(Engine {
+            model,
+            tokenizer,
+            preprocess,
+            source: files.source.clone(),
+            fingerprint: fingerprint(files)?,
+            max_pixels: DEFAULT_MAX_PIXELS,
+        })
+    }
+
+    /// Width of the embeddings for `features`.
+    pub fn dim(&self, features: Features, image: bool) -> usize {
+        let c = &self.model.config;
+        match (features, image) {
+            (Features::Projected, _) => c.projection_dim,
+            (Features::Pooled, true) => c.vision.tower.hidden_size,
+            (Features::Pooled, false) => c.text.tower.hidden_size,
+        }
+    }
+
+    /// Embeds prompts in batches, each padded only to its longest prompt (prompts are sorted by
+    /// length first); rows come back in the input order.
+    pub fn embed_texts(&self, prompts: &[String], batch_size: usize) -> Result<Tensor> {
+        let dev = self.model.device();
+        if prompts.is_empty() {
+            return Ok(Tensor::zeros(
+                (0, self.model.config.projection_dim),
+                candle_core::DType::F32,
+                dev,
+            )?);
+        }
+        let encoded: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| self.tokenizer.encode(p))
+            .collect::<Result<_>>()?;
+        let mut order: Vec<usize> = (0..prompts.len()).collect();
+        order.sort_by_key(|&i| (encoded[i].len(), i));
+        let mut rows: Vec<Option<Tensor>> = vec![None; prompts.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let len = chunk.iter().map(|&i| encoded[i].len()).max().unwrap_or(1);
+            let mut ids = Vec::with_capacity(chunk.len() * len);
+            let mut pos = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                let mut e = encoded[i].clone();
+                pos.push(self.tokenizer.pool_position(&e));
+                e.resize(len, self.tokenizer.pad_id());
+                ids.extend(e);
+            }
+            let ids = Tensor::from_vec(ids, (chunk.len(), len), dev)?;
+            let feats = self.model.text_features(&ids, &pos)?;
+            for (j, &i) in chunk.iter().enumerate() {
+                rows[i] = Some(feats.get(j)?);
+            }
+        }
+        let rows: Vec<Tensor> = rows.into_iter().flatten().collect();
+        Ok(Tensor::stack(&rows, 0)?)
+    }
+
+    /// Embeds a batch of preprocessed images.
+    pub fn embed_pixels(&self, pixels: &[Pixels], features: Features) -> Result<Tensor> {
+        let size = self.model.config.vision.image_size;
+        let mut flat = Vec::with_capacity(pixels.len() * 3 * size * size);
+        for p in pixels {
+            flat.extend_from_slice(&p.data);
+        }
+        let t = Tensor::from_vec(flat, (pixels.len(), 3, size, size), self.model.device())?;
+        match features {
+            Features::Projected => self.model.image_features(&t),
+            Features::Pooled => self.model.image_pooled(&t),
+        }
+    }
+
+    /// Reads, decodes and preprocesses one image file.
+    pub fn load_pixels(&self, path: &Path) -> Result<Pixels> {
+        preprocess::preprocess_file(path, &self.preprocess, self.max_pixels)
+    }
+}
+
+/// One batch of results from [`embed_images`].
+pub struct ImageBatch {
+    /// The paths that were embedded, in input order.
+    pub ok: Vec<PathBuf>,
+    /// Their embeddings, one row per entry of `ok` (`None` when every image of the batch failed).
+    pub embeddings: Option<Tensor>,
+    /// Paths that failed, with the reason.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// Embeds images in batches, decoding and preprocessing the next batch on rayon workers while
+/// the model runs on the current one (a bounded pipeline: at most two batches of pixels wait).
+/// `on_batch` sees the batches in input order; returning an error stops the run.
+pub fn embed_images<I, F>(
+    engine: &Engine,
+    paths: I,
+    batch_size: usize,
+    features: Features,
+    mut on_batch: F,
+) -> Result<()>
+where
+    I: IntoIterator<Item = PathBuf>,
+    I::IntoIter: Send,
+    F: FnMut(ImageBatch) -> Result<()>,
+{
+    let batch_size = batch_size.max(1);
+    let iter = paths.into_iter();
+    let (tx, rx) = mpsc::sync_channel::<Vec<(PathBuf, Result<Pixels>)>>(1);
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            let mut iter = iter;
+            loop {
+                let chunk: Vec<PathBuf> = iter.by_ref().take(batch_size).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let done: Vec<(PathBuf, Result<Pixels>)> = chunk
+                    .into_par_iter()
+                    .map(|p| {
+                        let r = engine.load_pixels(&p);
+                        (p, r)
+                    })
+                    .collect();
+                if tx.send(done).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut result = Ok(());
+        for batch in rx.iter() {
+            let mut ok = Vec::with_capacity(batch.len());
+            let mut pixels = Vec::with_capacity(batch.len());
+            let mut failed = Vec::new();
+            for (p, r) in batch {
+                match r {
+                    Ok(px) => {
+                        ok.push(p);
+                        pixels.push(px);
+                    }
+                    Err(e) => failed.push((p, error_reason(&e))),
+                }
+            }
+            let embeddings = if pixels.is_empty() {
+                None
+            } else {
+                match engine.embed_pixels(&pixels, features) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            };
+            drop(pixels);
+            if let Err(e) = on_batch(ImageBatch {
+                ok,
+                embeddings,
+                failed,
+            }) {
+                result = Err(e);
+                break;
+            }
+        }
+        drop(rx);
+        let _ = producer.join();
+        result
+    })
+}
+
+/// The reason text of a per-image failure, without the path (which is reported beside it).
+pub fn error_reason(e: &Error) -> String {
+    match e {
+        Error::Image { message, .. } => message.clone(),
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}

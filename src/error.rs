@@ -1,0 +1,116 @@
+//! The library's error type: every failure names the file, tensor, field or line behind it.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in cliplabel, with the file or tensor that caused it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation on a named file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON file could not be parsed.
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A model directory lacks a file it needs.
+    #[error("{dir}: not a CLIP model directory: missing {file}{hint}")]
+    MissingModelFile {
+        dir: PathBuf,
+        file: String,
+        hint: String,
+    },
+
+    /// A config field is missing, has the wrong type, or holds an unsupported value.
+    #[error("{path}: field `{field}`: {message}")]
+    Config {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+
+    /// A tensor the architecture needs is absent from the checkpoint.
+    #[error(
+        "{path}: missing tensor `{tensor}` (not a CLIP ViT checkpoint, or an incomplete download)"
+    )]
+    MissingTensor { path: PathBuf, tensor: String },
+
+    /// A tensor exists but its shape disagrees with `config.json`.
+    #[error("{path}: tensor `{tensor}` has shape {found:?}, but config.json implies {expected:?}")]
+    TensorShape {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    /// A tensor has a dtype that cannot be loaded (only f32, f16 and bf16 are supported).
+    #[error("{path}: tensor `{tensor}` has unsupported dtype {dtype}")]
+    TensorDtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
+
+    /// A safetensors file could not be read.
+    #[error("{path}: cannot read safetensors: {message}")]
+    Safetensors { path: PathBuf, message: String },
+
+    /// The tokenizer file could not be loaded or used.
+    #[error("{path}: tokenizer: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+
+    /// A model id could not be resolved through the Hugging Face hub or its cache.
+    #[error("{0}")]
+    Hub(String),
+
+    /// An image could not be read, decoded or preprocessed.
+    #[error("{path}: {message}")]
+    Image { path: PathBuf, message: String },
+
+    /// The user's input set is unusable (no such path, nothing to process).
+    #[error("{0}")]
+    Input(String),
+
+    /// A class list, template or prompt file is malformed.
+    #[error(transparent)]
+    Prompt(#[from] crate::prompts::PromptError),
+
+    /// An output file exists or cannot be written safely.
+    #[error("{path}: {message}")]
+    Output { path: PathBuf, message: String },
+
+    /// A tensor computation failed (a bug or an inconsistent checkpoint).
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Shorthand for results carrying [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A config error for `field` in the file at `path`.
+    pub fn config(path: impl Into<PathBuf>, field: &str, message: impl Into<String>) -> Self {
+        Error::Config {
+            path: path.into(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Output writers: files appear only when complete (written to a temporary name, then renamed).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// The temporary name a file is written under before it is renamed into place.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(Error::Output {
+                path: path.to_path_buf(),
+                message: format!("directory {} does not exist", dir.display()),
+            });
+        }
+    }
+    let tmp = temp_path(path);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// One image that could not be processed.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Failure {
+    /// The image path as given or found.
+    pub path: String,
+    /// Why it failed.
+    pub error: String,
+}
+
+/// The JSON sidecar written next to an embeddings file.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct EmbeddingsSidecar {
+    /// The model as given on the command line.
+    pub model: String,
+    /// A fingerprint of the model files.
+    pub model_fingerprint: String,
+    /// `image` or `text`.
+    pub kind: String,
+    /// Width of each row.
+    pub dim: usize,
+    /// Whether rows are L2-normalised.
+    pub normalized: bool,
+    /// `projected` or `pooled`.
+    pub features: String,
+    /// Paths or prompts, in row order.
+    pub items: Vec<String>,
+    /// Images that failed, with reasons.
+    pub failed: Vec<Failure>,
+}
+
+/// The path of the sidecar for an embeddings file (`OUT.safetensors` → `OUT.json`).
+pub fn sidecar_path(out: &Path) -> PathBuf {
+    out.with_extension("json")
+}
+
+/// Writes `rows` (`n * dim` floats) as a safetensors file with one tensor `embeddings`, then its sidecar.
+pub fn write_embeddings(out: &Path, rows: &[f32], sidecar: &EmbeddingsSidecar) -> Result<()> {
+    let n = sidecar.items.len();
+    if rows.len() != n * sidecar.dim {
+        return Err(Error::Output {
+            path: out.to_path_buf(),
+            message: format!(
+                "internal: {} values for {n} rows of {}",
+                rows.len(),
+                sidecar.dim
+            ),
+        });
+    }
+    let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, sidecar.dim], &bytes)
+            .map_err(|e| Error::Output {
+                path: out.to_path_buf(),
+                message: e.to_string(),
+            })?;
+    let meta = std::collections::HashMap::from([
+        ("model".to_string(), sidecar.model.clone()),
+        ("kind".to_string(), sidecar.kind.clone()),
+    ]);
+    let data = safetensors::tensor::serialize([("embeddings", view)], Some(meta)).map_err(|e| {
+        Error::Output {
+            path: out.to_path_buf(),
+            message: e.to_string(),
+        }
+    })?;
+    let json = serde_json::to_vec_pretty(sidecar).map_err(|e| Error::Output {
+        path: sidecar_path(out),
+        message: e.to_string(),
+    })?;
+    // The sidecar goes first so that a complete OUT always has its matching sidecar.
+    write_atomic(&sidecar_path(out), &json)?;
+    write_atomic(out, &data)
+}
+
+/// Reads an embeddings file written by [`write_embeddings`]: `(rows, dim, sidecar)`.
+pub fn read_embeddings(path: &Path) -> Result<(Vec<f32>, EmbeddingsSidecar)> {
+    let side = sidecar_path(path);
+    let sidecar: EmbeddingsSidecar = serde_json::from_slice(
+        &std::fs::read(&side).map_err(|e| Error::io(&side, e))?,
+    )
+    .map_err(|source| Error::Json {
+        path: side.clone(),
+        source,
+    })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let t = st.tensor("embeddings").map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if t.dtype() != safetensors::Dtype::F32 || t.shape() != [sidecar.items.len(), sidecar.dim] {
+        return Err(Error::Safetensors {
+            path: path.to_path_buf(),
+            message: format!(
+                "`embeddings` is {:?} {:?}, sidecar says {} x {}",
+                t.dtype(),
+                t.shape(),
+                sidecar.items.len(),
+                sidecar.dim
+            ),
+        });
+    }
+    let rows = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((rows, sidecar))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_leaves_no_temp_and_round_trips() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("e.safetensors");
+        let side = EmbeddingsSidecar {
+            model: "m".into(),
+            model_fingerprint: "f".into(),
+            kind: "image".into(),
+            dim: 2,
+            normalized: false,
+            features: "projected".into(),
+            items: vec!["a".into(), "b".into()],
+            failed: vec![],
+        };
+        write_embeddings(&out, &[1.0, 2.0, 3.0, 4.0], &side).unwrap();
+        let (rows, s) = read_embeddings(&out).unwrap();
+        assert_eq!(rows, vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(s, side);
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(write_atomic(&d.path().join("no/such/dir/x"), b"1").is_err());
+    }
+}
