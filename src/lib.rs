@@ -10,12 +10,16 @@ pub mod embed;
 pub mod error;
 pub mod hub;
 pub mod inputs;
+pub mod job;
+pub mod labels;
 pub mod model;
+pub mod organize;
 pub mod output;
 pub mod preprocess;
 pub mod prompts;
 pub mod resize;
 pub mod tokenizer;
+pub mod zeroshot;
 
 pub use error::{Error, Result};
 

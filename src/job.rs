@@ -1,0 +1,298 @@
+//! The labelling job shared by `label` (zero-shot) and `predict` (linear head): stream images
+//! through the model in batches, score them, append rows, organise files, report progress.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::embed::{embed_images, Engine, Features};
+use crate::error::{Error, Result};
+use crate::labels::{FailedWriter, LabelRow, LabelWriter, UNKNOWN};
+use crate::organize::{place, LinkMode};
+use crate::output::{write_atomic, Failure};
+use crate::zeroshot::{top_k, Abstention, Scores, ZeroShotClassifier};
+
+/// Anything that turns image embeddings into class probabilities.
+pub trait Scorer: Sync {
+    /// Class labels, in score order.
+    fn classes(&self) -> &[String];
+    /// Scores `n * dim` embedding values.
+    fn score(&self, embeddings: &[f32]) -> Vec<Scores>;
+    /// Which image features the scorer expects.
+    fn features(&self) -> Features {
+        Features::Projected
+    }
+}
+
+impl Scorer for ZeroShotClassifier {
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+    fn score(&self, embeddings: &[f32]) -> Vec<Scores> {
+        ZeroShotClassifier::score(self, embeddings)
+    }
+}
+
+/// Options of a labelling run.
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    /// The output file (`.csv` or `.jsonl`).
+    pub out: PathBuf,
+    /// How many labels per row.
+    pub top_k: usize,
+    /// When to write `unknown`.
+    pub abstention: Abstention,
+    /// Images per model batch.
+    pub batch_size: usize,
+    /// Continue an existing output.
+    pub resume: bool,
+    /// Overwrite an existing output.
+    pub force: bool,
+    /// Lay images out as `DIR/<label>/<file>`.
+    pub organize: Option<(PathBuf, LinkMode)>,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+/// What identifies a run, stored as `OUT.run.json` so that `--resume` (and merging) can refuse
+/// to mix outputs of different models or class lists.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunInfo {
+    /// The model as given.
+    pub model: String,
+    /// Fingerprint of the model files.
+    pub model_fingerprint: String,
+    /// The scorer: `zero-shot` or `head`.
+    pub method: String,
+    /// A key of the classifier (classes, prompts, or head weights).
+    pub scorer_key: String,
+    /// Class labels in score order.
+    pub classes: Vec<String>,
+    /// Labels per row.
+    pub top_k: usize,
+}
+
+/// The path of the run description for an output.
+pub fn run_info_path(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.with_file_name(format!("{name}.run.json"))
+}
+
+/// Counts and timing of a finished run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Images labelled in this run (abstentions included).
+    pub labelled: usize,
+    /// Of those, labelled `unknown`.
+    pub abstained: usize,
+    /// Images that failed.
+    pub failed: usize,
+    /// Images skipped because the output already had them (`--resume`).
+    pub skipped: usize,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl Summary {
+    /// Images per second over the run.
+    pub fn rate(&self) -> f64 {
+        (self.labelled + self.failed) as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Turns scores into an output row.
+pub fn make_row(
+    path: &str,
+    scores: &Scores,
+    classes: &[String],
+    k: usize,
+    abstention: &Abstention,
+) -> LabelRow {
+    let top = top_k(&scores.probs, k.max(1));
+    let (best, p) = top.first().copied().unwrap_or((0, 0.0));
+    let abstained = abstention.abstains(&scores.probs);
+    LabelRow {
+        path: path.to_string(),
+        label: if abstained {
+            UNKNOWN.to_string()
+        } else {
+            classes[best].clone()
+        },
+        score: p,
+        top: top.iter().map(|&(i, s)| (classes[i].clone(), s)).collect(),
+        cosine: scores.cosines.get(best).copied(),
+        abstained,
+    }
+}
+
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    quiet: bool,
+    last: Instant,
+    start: Instant,
+    total: usize,
+    done: usize,
+}
+
+impl Progress {
+    fn new(total: usize, quiet: bool) -> Self {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new(total as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        Progress {
+            bar,
+            quiet,
+            last: Instant::now(),
+            start: Instant::now(),
+            total,
+            done: 0,
+        }
+    }
+
+    fn add(&mut self, n: usize) {
+        self.done += n;
+        if let Some(b) = &self.bar {
+            b.inc(n as u64);
+        } else if !self.quiet
+            && (self.last.elapsed() >= Duration::from_secs(10) || self.done == self.total)
+        {
+            self.last = Instant::now();
+            let rate = self.done as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
+            let eta = (self.total - self.done) as f64 / rate.max(1e-9);
+            eprintln!(
+                "{}/{} images, {rate:.1} images/s, ETA {eta:.0} s",
+                self.done, self.total
+            );
+        }
+    }
+
+    fn warn(&self, msg: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Labels `paths` with `scorer`, writing rows to `opts.out` as it goes.
+pub fn run_job(
+    engine: &Engine,
+    scorer: &dyn Scorer,
+    info: &RunInfo,
+    paths: Vec<PathBuf>,
+    opts: &JobOptions,
+) -> Result<Summary> {
+    let start = Instant::now();
+    let classes = scorer.classes();
+    if opts.top_k == 0 {
+        return Err(Error::Input("--top-k must be at least 1".into()));
+    }
+    let k = opts.top_k.min(classes.len());
+    if (opts.abstention.min_score.is_some() || opts.abstention.min_margin.is_some())
+        && classes.iter().any(|c| c.eq_ignore_ascii_case(UNKNOWN))
+    {
+        return Err(Error::Input(format!(
+            "a class is named `{UNKNOWN}`, which is also the abstention label: rename it or drop --min-score/--min-margin"
+        )));
+    }
+    let info_path = run_info_path(&opts.out);
+    if opts.resume && opts.out.exists() {
+        if let Ok(bytes) = std::fs::read(&info_path) {
+            let old: RunInfo = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+                path: info_path.clone(),
+                source,
+            })?;
+            let mut now = info.clone();
+            now.top_k = k;
+            if old != now {
+                return Err(Error::Output {
+                    path: opts.out.clone(),
+                    message: format!(
+                        "cannot resume: it was written by a different run (model, classes, prompts or --top-k differ; see {}); use --force to start over",
+                        info_path.display()
+                    ),
+                });
+            }
+        }
+    }
+    let (mut writer, done) = LabelWriter::open(&opts.out, k, opts.resume, opts.force)?;
+    let mut stored = info.clone();
+    stored.top_k = k;
+    let json = serde_json::to_vec_pretty(&stored).map_err(|e| Error::Output {
+        path: info_path.clone(),
+        message: e.to_string(),
+    })?;
+    write_atomic(&info_path, &json)?;
+    let mut failed = FailedWriter::new(&opts.out)?;
+    let total = paths.len();
+    let todo: Vec<PathBuf> = paths
+        .into_iter()
+        .filter(|p| !done.contains(&p.display().to_string()))
+        .collect();
+    let mut summary = Summary {
+        skipped: total - todo.len(),
+        ..Summary::default()
+    };
+    let mut progress = Progress::new(todo.len(), opts.quiet);
+    embed_images(engine, todo, opts.batch_size, scorer.features(), |batch| {
+        let mut rows = Vec::with_capacity(batch.ok.len());
+        let mut failures: Vec<Failure> = batch
+            .failed
+            .iter()
+            .map(|(p, e)| Failure {
+                path: p.display().to_string(),
+                error: e.clone(),
+            })
+            .collect();
+        if let Some(t) = &batch.embeddings {
+            let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            let scores = scorer.score(&values);
+            for (p, s) in batch.ok.iter().zip(&scores) {
+                let row = make_row(&p.display().to_string(), s, classes, k, &opts.abstention);
+                if let Some((dir, mode)) = &opts.organize {
+                    if let Err(e) = place(p, dir, &row.label, *mode) {
+                        failures.push(Failure {
+                            path: p.display().to_string(),
+                            error: format!("labelled `{}` but could not organise: {e}", row.label),
+                        });
+                    }
+                }
+                rows.push(row);
+            }
+        }
+        for f in &failures {
+            progress.warn(&format!("warning: {}: {}", f.path, f.error));
+        }
+        summary.labelled += rows.len();
+        summary.abstained += rows.iter().filter(|r| r.abstained).count();
+        writer.write_batch(&rows)?;
+        failed.write(&failures)?;
+        progress.add(batch.ok.len() + batch.failed.len());
+        Ok(())
+    })?;
+    progress.finish();
+    summary.failed = failed.count();
+    summary.seconds = start.elapsed().as_secs_f64();
+    Ok(summary)
+}
