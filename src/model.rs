@@ -236,14 +236,14 @@ impl Attention {
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&v)?; // (b, h, s, hd)
-        let y = y.transpose(1, 2)?.reshape((b, s, d))?;
+        let y = y.transpose(1, 2)?.contiguous()?.reshape((b, s, d))?;
         Ok(self.out.forward(&y)?)
     }
 }
 
 fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
-        Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
+        Activation::QuickGelu => crate::ops::quick_gelu(x)?,
         Activation::Gelu => x.gelu_erf()?,
         Activation::GeluTanh => x.gelu()?,
         Activation::Relu => x.relu()?,

@@ -119,11 +119,35 @@ pub fn to_rgb8(img: DynamicImage) -> Rgb8 {
     }
 }
 
+/// The decompression-bomb guard: refuses an image whose header declares no pixels or more
+/// than `max_pixels`, before any pixel is decoded.
+pub(crate) fn check_dimensions(path: &Path, w: u32, h: u32, max_pixels: u64) -> Result<()> {
+    let pixels = w as u64 * h as u64;
+    if pixels == 0 {
+        return Err(image_err(path, format!("image has no pixels ({w}x{h})")));
+    }
+    if pixels > max_pixels {
+        return Err(image_err(
+            path,
+            format!(
+                "image of {w}x{h} = {pixels} pixels exceeds the limit of {max_pixels} (possible decompression bomb; raise --max-pixels to allow it)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes an image file's bytes to RGB, refusing before decoding any image whose header
 /// declares more than `max_pixels` pixels.
+///
+/// JPEG files (recognised by their signature, whatever their name) are decoded by
+/// [`crate::jpeg`], whose pixels equal Pillow's; other formats by the `image` crate.
 pub fn decode_rgb(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Rgb8> {
     if bytes.is_empty() {
         return Err(image_err(path, "empty file (0 bytes)"));
+    }
+    if crate::jpeg::is_jpeg(bytes) {
+        return crate::jpeg::decode_rgb(bytes, path, max_pixels);
     }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -138,18 +162,7 @@ pub fn decode_rgb(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Rgb8> {
         .into_decoder()
         .map_err(|e| image_err(path, format!("cannot decode header: {e}")))?;
     let (w, h) = decoder.dimensions();
-    let pixels = w as u64 * h as u64;
-    if pixels == 0 {
-        return Err(image_err(path, format!("image has no pixels ({w}x{h})")));
-    }
-    if pixels > max_pixels {
-        return Err(image_err(
-            path,
-            format!(
-                "image of {w}x{h} = {pixels} pixels exceeds the limit of {max_pixels} (possible decompression bomb; raise --max-pixels to allow it)"
-            ),
-        ));
-    }
+    check_dimensions(path, w, h, max_pixels)?;
     decoder
         .set_limits(Limits::no_limits())
         .map_err(|e| image_err(path, format!("cannot decode: {e}")))?;

@@ -1,0 +1,79 @@
+//! Fused CPU kernels for the transformer's element-wise work.
+//!
+//! candle composes `x * sigmoid(1.702 x)` from three passes over memory, each allocating; a
+//! profile of ViT-B/32 found that alone costing about a fifth of the forward pass on CPU. The
+//! fused kernel below makes one parallel pass.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+struct QuickGelu;
+
+#[inline]
+fn quick_gelu_scalar(x: f32) -> f32 {
+    x / (1.0 + (-1.702 * x).exp())
+}
+
+impl CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("quick-gelu: only f32 is supported")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("quick-gelu: input must be contiguous")
+        };
+        let src = &data[start..end];
+        let mut out = vec![0f32; src.len()];
+        out.par_chunks_mut(4096)
+            .zip(src.par_chunks(4096))
+            .for_each(|(o, i)| {
+                for (o, &x) in o.iter_mut().zip(i) {
+                    *o = quick_gelu_scalar(x);
+                }
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// `x * sigmoid(1.702 x)`, fused on CPU; composed from candle ops elsewhere.
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?.apply_op1_no_bwd(&QuickGelu)
+    } else {
+        x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn fused_matches_composed() {
+        let v: Vec<f32> = (0..10_000).map(|i| (i as f32 - 5000.0) / 300.0).collect();
+        let x = Tensor::from_vec(v, (100, 100), &Device::Cpu).unwrap();
+        let a: Vec<f32> = quick_gelu(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "{d}");
+    }
+}
