@@ -51,22 +51,32 @@ pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
 /// The FNV-1a offset basis.
 pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 
+/// A content fingerprint of a model: its config and, for each weight file, the size and the
+/// first and last MiB. Copies of the same model agree; a different checkpoint differs.
 fn fingerprint(files: &ModelFiles) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
     let mut h = fnv1a(
         &std::fs::read(&files.config).map_err(|e| Error::io(&files.config, e))?,
         FNV_START,
     );
+    const SAMPLE: u64 = 1 << 20;
     for w in &files.weights {
-        let meta = std::fs::metadata(w).map_err(|e| Error::io(w, e))?;
-        let canon = std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());
-        h = fnv1a(canon.to_string_lossy().as_bytes(), h);
-        h = fnv1a(&meta.len().to_le_bytes(), h);
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        h = fnv1a(&mtime.to_le_bytes(), h);
+        let mut f = std::fs::File::open(w).map_err(|e| Error::io(w, e))?;
+        let len = f.metadata().map_err(|e| Error::io(w, e))?.len();
+        h = fnv1a(&len.to_le_bytes(), h);
+        let mut buf = Vec::new();
+        (&mut f)
+            .take(SAMPLE)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(w, e))?;
+        if len > 2 * SAMPLE {
+            f.seek(SeekFrom::Start(len - SAMPLE))
+                .map_err(|e| Error::io(w, e))?;
+            f.take(SAMPLE)
+                .read_to_end(&mut buf)
+                .map_err(|e| Error::io(w, e))?;
+        }
+        h = fnv1a(&buf, h);
     }
     Ok(format!("{h:016x}"))
 }

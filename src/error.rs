@@ -82,7 +82,7 @@ pub enum Error {
 
     /// A class list, template or prompt file is malformed.
     #[error(transparent)]
-    Prompt(#[from] crate::prompts::PromptError),
+    Prompt(Box<crate::prompts::PromptError>),
 
     /// An output file exists or cannot be written safely.
     #[error("{path}: {message}")]
@@ -91,6 +91,12 @@ pub enum Error {
     /// A tensor computation failed (a bug or an inconsistent checkpoint).
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<crate::prompts::PromptError> for Error {
+    fn from(e: crate::prompts::PromptError) -> Self {
+        Error::Prompt(Box::new(e))
+    }
 }
 
 /// Shorthand for results carrying [`Error`].

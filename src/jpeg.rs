@@ -3,9 +3,9 @@
 //! Pillow decodes JPEG with libjpeg-turbo at libjpeg's defaults (`JDCT_ISLOW`, fancy upsampling,
 //! block smoothing on; see `JpegDecode.c`, which changes them only in draft mode). The `image`
 //! crate's decoder rounds differently (up to 4 levels), so JPEG files are decoded here with
-//! mozjpeg's copy of libjpeg-turbo's decoder (`mozjpeg-sys`, built from C without SIMD; the
-//! scalar and SIMD paths of these algorithms are bit-exact), then converted to RGB as Pillow's
-//! `convert("RGB")` does:
+//! mozjpeg's copy of libjpeg-turbo's decoder (`mozjpeg-sys`, built from C without SIMD; its
+//! output equals that of Pillow's SIMD build on every fixture in `tests/parity.rs`), then
+//! converted to RGB as Pillow's `convert("RGB")` does:
 //!
 //! - 1 component: mode `L`, replicated to R, G and B;
 //! - 3 components: mode `RGB`, libjpeg's YCbCr (or RGB, per the JFIF/Adobe markers) to RGB;

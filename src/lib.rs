@@ -5,7 +5,9 @@
 //! `CLIPModel`, `CLIPTokenizerFast` and PIL-based CLIP image processor for any CLIP ViT
 //! checkpoint; [`embed`] batches work over it.
 
+pub mod cache;
 pub mod config;
+pub mod dataset;
 pub mod embed;
 pub mod error;
 pub mod hub;

@@ -78,8 +78,7 @@ fn image_file(key: &str) -> PathBuf {
 }
 
 fn is_jpeg(path: &Path) -> bool {
-    let b = std::fs::read(path).unwrap();
-    b.starts_with(&[0xFF, 0xD8])
+    cliplabel::jpeg::is_jpeg(&std::fs::read(path).unwrap())
 }
 
 #[test]
@@ -135,12 +134,20 @@ fn text_features_match_transformers() {
     }
 }
 
+/// Every fixture image, JPEG included, must give exactly Pillow's 8-bit crop (decode, RGB
+/// conversion, resize and crop all bit-exact), hence the processor's pixel values and, up to
+/// float summation order in the model, its image features.
 #[test]
 fn pixels_and_image_features_match_transformers() {
     for model in ["tiny-clip", "tiny-clip-gelu-f16"] {
         let e = engine(model);
         let r = Reference::load(model);
-        for key in r.images() {
+        let images = r.images();
+        assert!(
+            images.iter().filter(|k| k.ends_with("_jpg")).count() >= 8,
+            "{model}: the reference lacks the JPEG cases"
+        );
+        for key in images {
             let path = image_file(&key);
             let rgb = load_rgb(&path, DEFAULT_MAX_PIXELS).unwrap();
             let crop = resize_and_crop(&rgb, &e.preprocess);
@@ -161,20 +168,15 @@ fn pixels_and_image_features_match_transformers() {
                 diffs.len(),
                 if jpeg { " (JPEG)" } else { "" }
             );
+            assert_eq!(
+                n_diff, 0,
+                "{model} {key}: {n_diff} crop values differ from Pillow's (max {max} levels)"
+            );
             let px = normalize(&crop, &e.preprocess);
-            if let Some((_, want_px)) = r
-                .tensors
-                .contains_key(&format!("pixel_values.{key}"))
-                .then(|| r.f32(&format!("pixel_values.{key}")))
-            {
-                // Exact pixel match implies this; for JPEG compare normalisation of the reference crop.
-                let ref_crop = cliplabel::resize::Rgb8 {
-                    width: crop.width,
-                    height: crop.height,
-                    data: want.clone(),
-                };
-                let d = max_abs(&normalize(&ref_crop, &e.preprocess).data, &want_px);
-                assert!(d <= 1e-6, "{key}: normalisation differs by {d}");
+            if r.tensors.contains_key(&format!("pixel_values.{key}")) {
+                let (_, want_px) = r.f32(&format!("pixel_values.{key}"));
+                let d = max_abs(&px.data, &want_px);
+                assert!(d <= 1e-6, "{model} {key}: pixel values differ by {d}");
             }
             let feats: Vec<f32> = e
                 .embed_pixels(&[px], Features::Projected)
@@ -187,6 +189,8 @@ fn pixels_and_image_features_match_transformers() {
             let d = max_abs(&feats, &want_f);
             let c = cosine(&feats, &want_f);
             println!("{model} {key}: feature max abs diff {d:.2e}, cosine {c:.7}");
+            assert!(d <= 1e-4, "{model} {key}: feature max abs diff {d}");
+            assert!(c >= 0.9999, "{model} {key}: feature cosine {c}");
         }
     }
 }

@@ -1,0 +1,241 @@
+//! The embedding cache: image embeddings computed once per model and reused by `fit`,
+//! `predict` and `compare`. Entries are keyed by each file's absolute path, size and
+//! modification time, so a changed file is encoded again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::embed::{embed_images, Engine, Features};
+use crate::error::{Error, Result};
+use crate::output::{write_atomic, Failure};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Entry {
+    path: String,
+    size: u64,
+    mtime_ns: u128,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Index {
+    model_fingerprint: String,
+    features: String,
+    dim: usize,
+    entries: Vec<Entry>,
+}
+
+/// Cached image embeddings of one model and feature kind.
+pub struct EmbeddingCache {
+    files: Option<(PathBuf, PathBuf)>,
+    fingerprint: String,
+    features: Features,
+    dim: usize,
+    entries: Vec<Entry>,
+    rows: Vec<f32>,
+    by_path: HashMap<String, usize>,
+    dirty: bool,
+}
+
+fn stat(path: &Path) -> std::io::Result<(String, u64, u128)> {
+    let canon = std::fs::canonicalize(path)?;
+    let meta = std::fs::metadata(&canon)?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok((canon.to_string_lossy().into_owned(), meta.len(), mtime))
+}
+
+fn feature_name(f: Features) -> &'static str {
+    match f {
+        Features::Projected => "projected",
+        Features::Pooled => "pooled",
+    }
+}
+
+impl EmbeddingCache {
+    /// Opens (or starts) the cache for `engine`'s model under `dir`; `None` keeps it in memory only.
+    /// An unreadable or inconsistent cache file is ignored and rebuilt.
+    pub fn open(dir: Option<&Path>, engine: &Engine, features: Features) -> Result<Self> {
+        let dim = engine.dim(features, true);
+        let mut c = EmbeddingCache {
+            files: None,
+            fingerprint: engine.fingerprint.clone(),
+            features,
+            dim,
+            entries: Vec::new(),
+            rows: Vec::new(),
+            by_path: HashMap::new(),
+            dirty: false,
+        };
+        let Some(dir) = dir else { return Ok(c) };
+        let stem = format!(
+            "embeddings-{}-{}",
+            engine.fingerprint,
+            feature_name(features)
+        );
+        let data = dir.join(format!("{stem}.safetensors"));
+        let index = dir.join(format!("{stem}.json"));
+        c.files = Some((data.clone(), index.clone()));
+        if let (Ok(ib), Ok(db)) = (std::fs::read(&index), std::fs::read(&data)) {
+            if let Ok(ix) = serde_json::from_slice::<Index>(&ib) {
+                if let Ok(st) = safetensors::SafeTensors::deserialize(&db) {
+                    if let Ok(t) = st.tensor("embeddings") {
+                        if ix.dim == dim
+                            && ix.model_fingerprint == c.fingerprint
+                            && t.shape() == [ix.entries.len(), dim]
+                        {
+                            c.rows = t
+                                .data()
+                                .chunks_exact(4)
+                                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                                .collect();
+                            c.by_path = ix
+                                .entries
+                                .iter()
+                                .enumerate()
+                                .map(|(i, e)| (e.path.clone(), i))
+                                .collect();
+                            c.entries = ix.entries;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// Number of cached embeddings.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn lookup(&self, path: &Path) -> Option<usize> {
+        let (key, size, mtime) = stat(path).ok()?;
+        let &i = self.by_path.get(&key)?;
+        let e = &self.entries[i];
+        (e.size == size && e.mtime_ns == mtime).then_some(i)
+    }
+
+    fn insert(&mut self, path: &Path, row: &[f32]) {
+        let Ok((key, size, mtime_ns)) = stat(path) else {
+            return;
+        };
+        let entry = Entry {
+            path: key.clone(),
+            size,
+            mtime_ns,
+        };
+        match self.by_path.get(&key) {
+            Some(&i) => {
+                self.entries[i] = entry;
+                self.rows[i * self.dim..(i + 1) * self.dim].copy_from_slice(row);
+            }
+            None => {
+                self.by_path.insert(key, self.entries.len());
+                self.entries.push(entry);
+                self.rows.extend_from_slice(row);
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// Returns the embedding of every path (`None` where the image failed), encoding only those
+    /// that are missing or changed, then saves the cache. Also returns the failures and how
+    /// many images were encoded.
+    pub fn embed(
+        &mut self,
+        engine: &Engine,
+        paths: &[PathBuf],
+        batch_size: usize,
+    ) -> Result<(Vec<Option<Vec<f32>>>, Vec<Failure>, usize)> {
+        let missing: Vec<PathBuf> = paths
+            .iter()
+            .filter(|p| self.lookup(p).is_none())
+            .cloned()
+            .collect();
+        let mut failures = Vec::new();
+        let mut failed_set = std::collections::HashSet::new();
+        let encoded = missing.len();
+        let dim = self.dim;
+        embed_images(engine, missing, batch_size, self.features, |b| {
+            if let Some(t) = &b.embeddings {
+                let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+                for (p, row) in b.ok.iter().zip(v.chunks_exact(dim)) {
+                    self.insert(p, row);
+                }
+            }
+            for (p, e) in b.failed {
+                failed_set.insert(p.clone());
+                failures.push(Failure {
+                    path: p.display().to_string(),
+                    error: e,
+                });
+            }
+            Ok(())
+        })?;
+        self.save()?;
+        let out = paths
+            .iter()
+            .map(|p| {
+                if failed_set.contains(p) {
+                    return None;
+                }
+                self.lookup(p)
+                    .map(|i| self.rows[i * dim..(i + 1) * dim].to_vec())
+            })
+            .collect();
+        Ok((out, failures, encoded - failed_set.len()))
+    }
+
+    /// Writes the cache if it changed (atomically; data first, then the index).
+    pub fn save(&mut self) -> Result<()> {
+        let Some((data, index)) = &self.files else {
+            return Ok(());
+        };
+        if !self.dirty {
+            return Ok(());
+        }
+        if let Some(dir) = data.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let bytes: Vec<u8> = self.rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(
+            safetensors::Dtype::F32,
+            vec![self.entries.len(), self.dim],
+            &bytes,
+        )
+        .map_err(|e| Error::Output {
+            path: data.clone(),
+            message: e.to_string(),
+        })?;
+        let st = safetensors::tensor::serialize([("embeddings", view)], None).map_err(|e| {
+            Error::Output {
+                path: data.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let ix = Index {
+            model_fingerprint: self.fingerprint.clone(),
+            features: feature_name(self.features).into(),
+            dim: self.dim,
+            entries: self.entries.clone(),
+        };
+        let json = serde_json::to_vec(&ix).map_err(|e| Error::Output {
+            path: index.clone(),
+            message: e.to_string(),
+        })?;
+        write_atomic(data, &st)?;
+        write_atomic(index, &json)?;
+        self.dirty = false;
+        Ok(())
+    }
+}
