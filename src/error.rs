@@ -84,6 +84,14 @@ pub enum Error {
     #[error(transparent)]
     Prompt(Box<crate::prompts::PromptError>),
 
+    /// A linear head could not be trained, loaded or applied.
+    #[error(transparent)]
+    Head(#[from] crate::linear_head::HeadError),
+
+    /// A comparison report could not be written.
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
+
     /// An output file exists or cannot be written safely.
     #[error("{path}: {message}")]
     Output { path: PathBuf, message: String },

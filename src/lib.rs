@@ -6,22 +6,29 @@
 //! checkpoint; [`embed`] batches work over it.
 
 pub mod cache;
+pub mod compare;
 pub mod config;
 pub mod dataset;
 pub mod embed;
 pub mod error;
+pub mod evaluation;
+pub mod head;
 pub mod hub;
 pub mod inputs;
 pub mod job;
 pub mod jpeg;
 pub mod labels;
+pub mod linear_head;
+pub mod merge;
 pub mod model;
 pub mod ops;
 pub mod organize;
 pub mod output;
 pub mod preprocess;
 pub mod prompts;
+pub mod report;
 pub mod resize;
+pub mod shard;
 pub mod tokenizer;
 pub mod zeroshot;
 

@@ -24,8 +24,18 @@ struct Cli {
 enum Command {
     /// Label images zero-shot: score each image against prompts built from class names.
     Label(LabelArgs),
+    /// Train a linear head on CLIP image embeddings of labelled images (ImageFolder or CSV).
+    Fit(FitArgs),
+    /// Label images with a head trained by `fit` (same outputs and options as `label`).
+    Predict(PredictArgs),
+    /// Compare zero-shot prompts with heads trained on k images per class, on a labelled test set.
+    Compare(CompareArgs),
     /// Compute CLIP embeddings of images or prompts into a safetensors file (+ JSON sidecar).
     Embed(EmbedArgs),
+    /// Merge a sharded run's outputs (OUT.shard-I-of-N.*) into OUT, checking that every image
+    /// was processed exactly once.
+    #[command(long_about = MERGE_ABOUT)]
+    Merge(MergeArgs),
 }
 
 #[derive(Args)]
@@ -171,6 +181,8 @@ struct LabelArgs {
     classes: ClassArgs,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    shard: ShardArgs,
 }
 
 fn print_summary(s: &Summary, out: &std::path::Path, quiet: bool) {
@@ -203,6 +215,10 @@ fn run_label(a: LabelArgs) -> anyhow::Result<ExitCode> {
     let templates = a.classes.templates()?;
     let opts = a.output.job_options(a.model.batch_size)?;
     let paths = cliplabel::inputs::collect_images(&a.output.inputs)?;
+    let (paths, out) = a
+        .shard
+        .apply(&a.output.inputs, paths, &opts.out, opts.quiet)?;
+    let opts = JobOptions { out, ..opts };
     let engine = load_engine(&a.model)?;
     let cache = a.classes.cache();
     let (clf, _cached) =
@@ -264,6 +280,8 @@ struct EmbedArgs {
     /// Image files and directories (walked recursively for jpg, jpeg, png, webp, bmp, gif, tif, tiff).
     #[arg(value_name = "IMAGES_OR_DIRS", required_unless_present = "text_file")]
     inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    shard: ShardArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -298,7 +316,11 @@ fn run_embed(a: EmbedArgs) -> anyhow::Result<ExitCode> {
         FeatureArg::Projected => "projected",
         FeatureArg::Pooled => "pooled",
     };
+    let mut out = a.out.clone();
     let (mut rows, items, failed, kind) = if let Some(tf) = &a.text_file {
+        if a.shard.is_set() {
+            anyhow::bail!("sharding applies to images, not to --text-file");
+        }
         if matches!(features, Features::Pooled) {
             anyhow::bail!("--features pooled is only available for images");
         }
@@ -311,6 +333,11 @@ fn run_embed(a: EmbedArgs) -> anyhow::Result<ExitCode> {
         (rows, prompts, Vec::new(), "text")
     } else {
         let paths = cliplabel::inputs::collect_images(&a.inputs)?;
+        let paths = {
+            let (paths, shard_out) = a.shard.apply(&a.inputs, paths, &a.out, a.quiet)?;
+            out = shard_out;
+            paths
+        };
         let total = paths.len();
         let mut rows = Vec::new();
         let mut items = Vec::new();
@@ -359,14 +386,14 @@ fn run_embed(a: EmbedArgs) -> anyhow::Result<ExitCode> {
         items,
         failed,
     };
-    write_embeddings(&a.out, &rows, &sidecar)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    write_embeddings(&out, &rows, &sidecar)
+        .with_context(|| format!("writing {}", out.display()))?;
     if !a.quiet {
         let secs = start.elapsed().as_secs_f64();
         eprintln!(
             "{n_items} {kind}s embedded, {n_failed} failed, {secs:.1} s ({:.1}/s) -> {}",
             n_items as f64 / secs.max(1e-9),
-            a.out.display()
+            out.display()
         );
     }
     Ok(if a.strict && n_failed > 0 {
@@ -376,11 +403,528 @@ fn run_embed(a: EmbedArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Splitting a run over the tasks of a cluster array job (see docs/sharding.md).
+#[derive(Args)]
+#[command(next_help_heading = "Sharding (one task of a Slurm array or Kubernetes Indexed Job)")]
+struct ShardArgs {
+    /// Process only shard I of N (0-based): the images whose path relative to their input
+    /// directory hashes to I. Output goes to OUT.shard-I-of-N.EXT (+ a .shard.json manifest);
+    /// join the N shards with `cliplabel merge OUT`.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard,
+          conflicts_with_all = ["shard_from_env", "shard_count"])]
+    shard: Option<cliplabel::shard::Shard>,
+    /// Take the shard from the Slurm array task: index (SLURM_ARRAY_TASK_ID - MIN) / STEP of
+    /// the array's task count. Rerunning one task alone makes a 1-task array: use
+    /// --shard-count N instead to allow that.
+    #[arg(long)]
+    shard_from_env: bool,
+    /// N shards, with the index from the scheduler: a Kubernetes Indexed Job's
+    /// JOB_COMPLETION_INDEX (N = the Job's completions) or SLURM_ARRAY_TASK_ID (submit
+    /// --array=0-(N-1); a task can then be resubmitted alone with --array=I).
+    #[arg(long, value_name = "N")]
+    shard_count: Option<usize>,
+}
+
+fn parse_shard(s: &str) -> Result<cliplabel::shard::Shard, String> {
+    cliplabel::shard::Shard::parse(s).map_err(|e| e.to_string())
+}
+
+impl ShardArgs {
+    fn is_set(&self) -> bool {
+        self.shard.is_some() || self.shard_from_env || self.shard_count.is_some()
+    }
+
+    /// Narrows `paths` (collected from `roots`) to this task's shard, writes the shard's
+    /// manifest, and returns the shard's images and output path; unchanged when not sharded.
+    fn apply(
+        &self,
+        roots: &[PathBuf],
+        paths: Vec<PathBuf>,
+        out: &std::path::Path,
+        quiet: bool,
+    ) -> anyhow::Result<(Vec<PathBuf>, PathBuf)> {
+        use cliplabel::shard::{unsharded_note, Shard, ShardPlan};
+        let Some(shard) = Shard::from_env(self.shard, self.shard_from_env, self.shard_count)?
+        else {
+            if let Some(note) = unsharded_note(|k| std::env::var(k).ok()) {
+                eprintln!("{note}");
+            }
+            return Ok((paths, out.to_path_buf()));
+        };
+        let plan = ShardPlan::new(shard, roots, &paths, out);
+        plan.write_manifest()?;
+        if !quiet {
+            eprintln!(
+                "shard {shard}: {} of {} images -> {}",
+                plan.paths.len(),
+                paths.len(),
+                plan.out.display()
+            );
+        }
+        Ok((plan.paths, plan.out))
+    }
+}
+
+const MERGE_ABOUT: &str = "\
+Merge the outputs of a sharded run into the file one process would have written.
+
+Each task of a sharded run (--shard I/N, --shard-from-env or --shard-count N) writes
+OUT.shard-I-of-N.EXT with a manifest of the images it was given. `cliplabel merge OUT` finds
+those files beside OUT and checks that all N shards are there, that they come from the same run
+(same .run.json for labels; same model, kind, width, normalisation and features for
+embeddings), and that every image was processed exactly once: each has one row (or embedding)
+or is listed as failed, and no shard has rows it was not given. Any gap or duplicate is an
+error naming the shard and the images; rerun that shard (with --resume for labels) and merge
+again. Nothing is written unless every check passes.
+
+Labels (OUT.csv / OUT.jsonl) are merged with OUT.failed.jsonl and OUT.run.json; embeddings
+(OUT.safetensors) with the OUT.json sidecar. Rows come out in input order, so the merged file
+equals that of a single process. With --inputs, the images under those paths must also be
+exactly the ones the shards processed (none added or removed since).";
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The merged output, as given to the shards' --out: OUT.csv, OUT.jsonl or OUT.safetensors.
+    #[arg(value_name = "OUT")]
+    out: PathBuf,
+    /// The image files and directories the shards were given, in the same order: also check
+    /// that they hold exactly the images the shards processed.
+    #[arg(long, value_name = "IMAGES_OR_DIRS", num_args = 1..)]
+    inputs: Vec<PathBuf>,
+    /// Overwrite an existing OUT.
+    #[arg(long)]
+    force: bool,
+    /// No summary.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+fn run_merge(a: MergeArgs) -> anyhow::Result<ExitCode> {
+    use cliplabel::merge::{merge, MergeOptions, MergedKind};
+    let r = merge(
+        &a.out,
+        &MergeOptions {
+            inputs: a.inputs,
+            force: a.force,
+        },
+    )?;
+    if !a.quiet {
+        eprintln!(
+            "merged {} shards: {} of {} images, {} failed -> {}",
+            r.shards,
+            r.rows,
+            r.total,
+            r.failed,
+            r.out.display()
+        );
+        if r.failed > 0 && r.kind == MergedKind::Labels {
+            eprintln!(
+                "failures listed in {}",
+                cliplabel::labels::failed_path(&r.out).display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+struct TemplateArgs {
+    /// Prompt templates for the zero-shot part: a file or a shipped set name (see `label --help`).
+    #[arg(long, value_name = "FILE|NAME", conflicts_with = "template")]
+    templates: Option<String>,
+    /// A template such as "a photo of a {}." (repeatable).
+    #[arg(long, value_name = "TEMPLATE")]
+    template: Vec<String>,
+}
+
+impl TemplateArgs {
+    fn resolve(&self) -> anyhow::Result<(Templates, String)> {
+        Ok(if !self.template.is_empty() {
+            (
+                Templates::from_strings(&self.template)?,
+                self.template.join(" | "),
+            )
+        } else {
+            let spec = self.templates.clone().unwrap_or_else(|| "photo".into());
+            (Templates::resolve(&spec)?, spec)
+        })
+    }
+}
+
+#[derive(Args)]
+struct CacheArgs {
+    /// Where to cache embeddings (default: $CLIPLABEL_CACHE, else ~/.cache/cliplabel).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not read or write the embedding cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl CacheArgs {
+    fn dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(cliplabel::zeroshot::default_cache_dir)
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum InitArg {
+    /// Start from zero and regularise toward zero (the linear probe).
+    Zero,
+    /// Start from the zero-shot classifier and regularise toward it.
+    ZeroShot,
+}
+
+#[derive(Args)]
+struct FitArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Training images in the ImageFolder layout: DIR/<class>/<image>.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "train_csv",
+        conflicts_with = "train_csv"
+    )]
+    train: Option<PathBuf>,
+    /// Training images as a CSV with `path` and `label` columns (paths relative to the CSV).
+    #[arg(long, value_name = "FILE")]
+    train_csv: Option<PathBuf>,
+    /// Output head file (safetensors with the classes and training metadata).
+    #[arg(long, short = 'o', value_name = "HEAD.safetensors")]
+    out: PathBuf,
+    /// Cross-validation folds for choosing the regularisation strength C.
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    cv: usize,
+    /// C values to try, comma-separated (default: a coarse-to-fine search over 1e-6..1e6, as in
+    /// the CLIP paper's linear probe).
+    #[arg(long, value_name = "C,C,...", value_delimiter = ',')]
+    c_grid: Vec<f64>,
+    /// Weight classes inversely to their frequency.
+    #[arg(long)]
+    balanced: bool,
+    /// Where the head starts and what it is regularised toward.
+    #[arg(long, value_enum, default_value_t = InitArg::Zero)]
+    init: InitArg,
+    /// Mix the probe's logits with zero-shot logits, alpha chosen on held-out folds.
+    #[arg(long, conflicts_with = "init")]
+    interpolate: bool,
+    #[command(flatten)]
+    templates: TemplateArgs,
+    /// Seed of the cross-validation folds.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Train on the projected embedding or on the pooled output before the projection (what
+    /// the CLIP paper's probe used; not with --init zero-shot or --interpolate).
+    #[arg(long, value_enum, default_value_t = FeatureArg::Projected)]
+    features: FeatureArg,
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// Overwrite an existing head file.
+    #[arg(long)]
+    force: bool,
+    /// No progress output.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+fn write_failures(path: &std::path::Path, failures: &[Failure]) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    for f in failures {
+        serde_json::to_writer(&mut buf, f)?;
+        buf.push(b'\n');
+    }
+    cliplabel::output::write_atomic(path, &buf)?;
+    Ok(())
+}
+
+fn run_fit(a: FitArgs) -> anyhow::Result<ExitCode> {
+    use cliplabel::head::{train, Head, HeadMeta, Method, TrainOptions};
+    if a.out.exists() && !a.force {
+        anyhow::bail!(
+            "{}: already exists (pass --force to overwrite it)",
+            a.out.display()
+        );
+    }
+    let method = match (a.init, a.interpolate) {
+        (_, true) => Method::Interpolate,
+        (InitArg::ZeroShot, false) => Method::ZeroShotInit,
+        (InitArg::Zero, false) => Method::Probe,
+    };
+    let features: Features = a.features.into();
+    if features == Features::Pooled && method != Method::Probe {
+        anyhow::bail!("--features pooled works only with the plain linear probe (zero-shot weights live in the projected space)");
+    }
+    let set = match (&a.train, &a.train_csv) {
+        (Some(d), _) => cliplabel::dataset::LabelledSet::from_image_folder(d)?,
+        (None, Some(f)) => cliplabel::dataset::LabelledSet::from_csv(f)?,
+        (None, None) => anyhow::bail!("give --train DIR or --train-csv FILE"),
+    };
+    let engine = load_engine(&a.model)?;
+    let start = std::time::Instant::now();
+    let mut cache =
+        cliplabel::cache::EmbeddingCache::open(a.cache.dir().as_deref(), &engine, features)?;
+    let (rows, failures, encoded) = cache.embed(&engine, &set.paths, a.model.batch_size)?;
+    for f in &failures {
+        if !a.quiet {
+            eprintln!("warning: {}: {}", f.path, f.error);
+        }
+    }
+    let dim = engine.dim(features, true);
+    let data = cliplabel::compare::Embedded::new(rows, &set.labels, dim)?;
+    let counts = {
+        let mut c = vec![0usize; set.classes.len()];
+        for &l in &data.labels {
+            c[l] += 1;
+        }
+        c
+    };
+    let (templates, template_spec) = a.templates.resolve()?;
+    let zs = if method == Method::Probe {
+        None
+    } else {
+        let classes = ClassList::from_names(&set.classes)?;
+        Some(ZeroShotClassifier::build(&engine, &classes, &templates)?)
+    };
+    let opts = TrainOptions {
+        method,
+        folds: a.cv,
+        c_grid: (!a.c_grid.is_empty()).then(|| a.c_grid.clone()),
+        balanced: a.balanced,
+        seed: a.seed,
+    };
+    let t = train(&data.x, &data.labels, &set.classes, zs.as_ref(), &opts)?;
+    let head = Head {
+        linear: t.linear,
+        meta: HeadMeta {
+            classes: set.classes.clone(),
+            model: engine.source.clone(),
+            model_fingerprint: engine.fingerprint.clone(),
+            dim,
+            features: match features {
+                Features::Projected => "projected".into(),
+                Features::Pooled => "pooled".into(),
+            },
+            normalization: "l2".into(),
+            method,
+            c: t.c,
+            cv_accuracy: t.cv_accuracy,
+            cv_folds: t.folds,
+            alpha: t.alpha,
+            examples_per_class: counts.clone(),
+            templates: zs.as_ref().map(|_| template_spec),
+            balanced: a.balanced,
+            seed: a.seed,
+        },
+    };
+    head.save(&a.out)?;
+    let failed_path = cliplabel::labels::failed_path(&a.out);
+    if failures.is_empty() {
+        let _ = std::fs::remove_file(&failed_path);
+    } else {
+        write_failures(&failed_path, &failures)?;
+    }
+    if !a.quiet {
+        eprintln!(
+            "{}: {} on {} images of {} classes ({} encoded, {} from cache, {} failed) in {:.1} s",
+            a.out.display(),
+            method.name(),
+            data.labels.len(),
+            set.classes.len(),
+            encoded,
+            data.labels.len() - encoded,
+            failures.len(),
+            start.elapsed().as_secs_f64()
+        );
+        let mut line = String::new();
+        if let Some(c) = t.c {
+            line.push_str(&format!("C = {c:.3e}"));
+        }
+        if let Some(acc) = t.cv_accuracy {
+            line.push_str(&format!(
+                ", {}-fold CV accuracy {:.1}%",
+                t.folds,
+                acc * 100.0
+            ));
+        } else {
+            line.push_str(" (too few examples per class for cross-validation)");
+        }
+        if let Some(al) = t.alpha {
+            line.push_str(&format!(", alpha (zero-shot weight) {al:.1}"));
+        }
+        eprintln!("{line}");
+        if !failures.is_empty() {
+            eprintln!("failures listed in {}", failed_path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A head file written by `cliplabel fit` for this model.
+    #[arg(long, value_name = "HEAD.safetensors")]
+    head: PathBuf,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(flatten)]
+    shard: ShardArgs,
+}
+
+fn run_predict(a: PredictArgs) -> anyhow::Result<ExitCode> {
+    let head = cliplabel::head::Head::load(&a.head)?;
+    let opts = a.output.job_options(a.model.batch_size)?;
+    let paths = cliplabel::inputs::collect_images(&a.output.inputs)?;
+    let (paths, out) = a
+        .shard
+        .apply(&a.output.inputs, paths, &opts.out, opts.quiet)?;
+    let opts = JobOptions { out, ..opts };
+    let engine = load_engine(&a.model)?;
+    head.check_model(&engine, &a.head)?;
+    let key = {
+        let bytes =
+            std::fs::read(&a.head).with_context(|| format!("reading {}", a.head.display()))?;
+        format!(
+            "{:016x}",
+            cliplabel::embed::fnv1a(&bytes, cliplabel::embed::FNV_START)
+        )
+    };
+    let info = RunInfo {
+        model: engine.source.clone(),
+        model_fingerprint: engine.fingerprint.clone(),
+        method: "head".into(),
+        scorer_key: key,
+        classes: head.meta.classes.clone(),
+        top_k: opts.top_k,
+    };
+    let summary = run_job(&engine, &head, &info, paths, &opts)?;
+    print_summary(&summary, &opts.out, opts.quiet);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Training images (ImageFolder layout DIR/<class>/<image>); k-shot subsets are drawn from it.
+    #[arg(long, value_name = "DIR")]
+    train: PathBuf,
+    /// Test images (ImageFolder layout, the same class folder names).
+    #[arg(long, value_name = "DIR")]
+    test: PathBuf,
+    /// Template sets to evaluate zero-shot (file or shipped name), repeatable; with several,
+    /// their union is evaluated too as an ensemble.
+    #[arg(long, value_name = "FILE|NAME", default_values_t = vec!["photo".to_string()])]
+    templates: Vec<String>,
+    /// Labelled images per class for the heads, comma-separated; `all` uses every one.
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["1".to_string(), "2".into(), "4".into(), "8".into(), "16".into(), "all".into()])]
+    shots: Vec<String>,
+    /// Random draws of the k images per class for each shot count.
+    #[arg(long, default_value_t = 3)]
+    seeds: usize,
+    /// Cross-validation folds for each head's regularisation strength.
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    cv: usize,
+    /// Directory for report.md, results.json, shots.svg and shots.png.
+    #[arg(long, value_name = "DIR")]
+    report: PathBuf,
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// No progress output.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+fn run_compare(a: CompareArgs) -> anyhow::Result<ExitCode> {
+    use cliplabel::compare::{compare, embed_set, CompareOptions};
+    let shots = a
+        .shots
+        .iter()
+        .map(|s| {
+            if s.eq_ignore_ascii_case("all") {
+                Ok(None)
+            } else {
+                s.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&k| k > 0)
+                    .map(Some)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--shots: `{s}` is not a positive number or `all`")
+                    })
+            }
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let train_set = cliplabel::dataset::LabelledSet::from_image_folder(&a.train)?;
+    let test_set = cliplabel::dataset::LabelledSet::from_image_folder(&a.test)?;
+    let test_labels = test_set.align_to(
+        &train_set.classes,
+        &format!("test set {}", a.test.display()),
+    )?;
+    std::fs::create_dir_all(&a.report)
+        .with_context(|| format!("creating {}", a.report.display()))?;
+    let engine = load_engine(&a.model)?;
+    let mut cache = cliplabel::cache::EmbeddingCache::open(
+        a.cache.dir().as_deref(),
+        &engine,
+        Features::Projected,
+    )?;
+    let (train, f1, _) = embed_set(
+        &engine,
+        &mut cache,
+        &train_set,
+        &train_set.labels,
+        a.model.batch_size,
+    )?;
+    let (test, f2, _) = embed_set(
+        &engine,
+        &mut cache,
+        &test_set,
+        &test_labels,
+        a.model.batch_size,
+    )?;
+    for f in f1.iter().chain(&f2) {
+        if !a.quiet {
+            eprintln!("warning: {}: {} (skipped)", f.path, f.error);
+        }
+    }
+    let opts = CompareOptions {
+        templates: a.templates.clone(),
+        shots,
+        seeds: a.seeds,
+        folds: a.cv,
+    };
+    let quiet = a.quiet;
+    let results = compare(&engine, &train_set.classes, &train, &test, &opts, |m| {
+        if !quiet {
+            eprintln!("{m}");
+        }
+    })?;
+    cliplabel::report::write_report(&a.report, &results)?;
+    println!("{}", cliplabel::report::summary_table(&results));
+    if !a.quiet {
+        eprintln!("report written to {}", a.report.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Label(a) => run_label(a),
+        Command::Fit(a) => run_fit(a),
+        Command::Predict(a) => run_predict(a),
+        Command::Compare(a) => run_compare(a),
         Command::Embed(a) => run_embed(a),
+        Command::Merge(a) => run_merge(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,396 @@
+//! Linear heads on CLIP image embeddings: training (linear probe, zero-shot initialisation,
+//! interpolation with zero-shot), the head file, and scoring new images with it.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::embed::{Engine, Features};
+use crate::error::{Error, Result};
+use crate::job::Scorer;
+use crate::linear_head::{
+    choose_alpha, default_alpha_grid, fit, fit_cv, softmax_rows, CvOptions, Dataset, FitOptions,
+    LinearHead, Matrix,
+};
+use crate::output::write_atomic;
+use crate::zeroshot::{normalize_in_place, Scores, ZeroShotClassifier};
+
+/// How a head is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Logistic regression regularised toward zero (the CLIP paper's linear probe).
+    #[default]
+    Probe,
+    /// Starts from the zero-shot classifier and is regularised toward it.
+    ZeroShotInit,
+    /// A linear probe whose logits are mixed with zero-shot logits, `alpha` chosen on held-out data.
+    Interpolate,
+}
+
+impl Method {
+    /// The name used in reports and head files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Probe => "linear probe",
+            Method::ZeroShotInit => "zero-shot init",
+            Method::Interpolate => "interpolation",
+        }
+    }
+}
+
+/// Training settings.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Which method.
+    pub method: Method,
+    /// Cross-validation folds (reduced automatically when classes have fewer examples).
+    pub folds: usize,
+    /// `C` grid; `None` for the default coarse-to-fine search.
+    pub c_grid: Option<Vec<f64>>,
+    /// Weight classes inversely to their frequency.
+    pub balanced: bool,
+    /// Seed of the fold assignment.
+    pub seed: u64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            method: Method::Probe,
+            folds: 5,
+            c_grid: None,
+            balanced: false,
+            seed: 0,
+        }
+    }
+}
+
+/// Metadata stored with a head.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeadMeta {
+    /// Class labels in row order.
+    pub classes: Vec<String>,
+    /// The model as given when training.
+    pub model: String,
+    /// Fingerprint of the model's files (config and sampled weights).
+    pub model_fingerprint: String,
+    /// Embedding width.
+    pub dim: usize,
+    /// `projected` or `pooled`.
+    pub features: String,
+    /// Input normalisation applied before the head (`l2`).
+    pub normalization: String,
+    /// Training method.
+    pub method: Method,
+    /// Chosen inverse regularisation strength (`None` when no fit was needed).
+    pub c: Option<f64>,
+    /// Cross-validated accuracy at the chosen `C`, when CV ran.
+    pub cv_accuracy: Option<f64>,
+    /// Folds used for cross-validation (0 when it could not run).
+    pub cv_folds: usize,
+    /// Weight of the zero-shot logits (interpolation only).
+    pub alpha: Option<f64>,
+    /// Examples per class used for training.
+    pub examples_per_class: Vec<usize>,
+    /// Template set used for the zero-shot part, if any.
+    pub templates: Option<String>,
+    /// Whether classes were balanced.
+    pub balanced: bool,
+    /// Seed of the fold assignment.
+    pub seed: u64,
+}
+
+/// A trained head: weights, bias and metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    /// The linear map on L2-normalised embeddings.
+    pub linear: LinearHead,
+    /// What it is and how it was made.
+    pub meta: HeadMeta,
+}
+
+/// L2-normalises the rows of a matrix.
+pub fn normalize_rows(m: &mut Matrix) {
+    let cols = m.cols();
+    let mut data = std::mem::replace(m, Matrix::zeros(0, cols)).into_vec();
+    for r in data.chunks_exact_mut(cols.max(1)) {
+        normalize_in_place(r);
+    }
+    *m = Matrix::new(data.len() / cols.max(1), cols, data)
+        .unwrap_or_else(|_| Matrix::zeros(0, cols));
+}
+
+/// The zero-shot classifier as a linear head: `logit_scale * T` with no bias.
+pub fn zero_shot_head(zs: &ZeroShotClassifier) -> Result<LinearHead> {
+    let w: Vec<f32> = zs.weights.iter().map(|v| v * zs.logit_scale).collect();
+    let m = Matrix::new(zs.classes.len(), zs.dim, w)?;
+    Ok(LinearHead::new(m, vec![0.0; zs.classes.len()])?)
+}
+
+/// The result of [`train`]: the head and what the search found.
+pub struct Trained {
+    /// The head (for interpolation, the combined map).
+    pub linear: LinearHead,
+    /// Chosen `C`.
+    pub c: Option<f64>,
+    /// Cross-validated accuracy.
+    pub cv_accuracy: Option<f64>,
+    /// Folds used.
+    pub folds: usize,
+    /// Interpolation weight.
+    pub alpha: Option<f64>,
+}
+
+/// Trains a head on L2-normalised embeddings `x` with `labels` over `n_classes` classes.
+/// `zero_shot` is required for [`Method::ZeroShotInit`] and [`Method::Interpolate`].
+pub fn train(
+    x: &Matrix,
+    labels: &[usize],
+    class_names: &[String],
+    zero_shot: Option<&ZeroShotClassifier>,
+    opts: &TrainOptions,
+) -> Result<Trained> {
+    let n_classes = class_names.len();
+    let weights = if opts.balanced {
+        Some(crate::linear_head::balanced_weights(labels, n_classes)?)
+    } else {
+        None
+    };
+    let mut data = Dataset::new(x, labels, n_classes)?;
+    if let Some(w) = weights.as_deref() {
+        data = data.with_weights(w)?;
+    }
+    let prior = match (opts.method, zero_shot) {
+        (Method::Probe, _) => None,
+        (_, Some(zs)) => Some(zero_shot_head(zs)?),
+        (_, None) => {
+            return Err(Error::Input(format!(
+                "{} needs the zero-shot classifier (class prompts)",
+                opts.method.name()
+            )))
+        }
+    };
+    let min_count = data.class_counts().into_iter().min().unwrap_or(0);
+    let folds = opts.folds.min(min_count);
+    let cv_prior = if opts.method == Method::ZeroShotInit {
+        prior.as_ref()
+    } else {
+        None
+    };
+    if x.rows() == 0 {
+        return match cv_prior {
+            Some(p) => Ok(Trained {
+                linear: p.clone(),
+                c: None,
+                cv_accuracy: None,
+                folds: 0,
+                alpha: None,
+            }),
+            None => Err(Error::Input("no training examples".into())),
+        };
+    }
+    // With fewer than two examples in some class, cross-validation cannot run: use C = 1.
+    let (linear, c, cv_accuracy, cv) = if folds >= 2 {
+        let cvo = CvOptions {
+            folds,
+            c_grid: opts.c_grid.clone(),
+            seed: opts.seed,
+            ..CvOptions::default()
+        };
+        let (cv, f) = fit_cv(&data, cv_prior, &cvo, Some(class_names))?;
+        let (c, acc) = (cv.best_c, cv.best_accuracy);
+        (f.head, Some(c), Some(acc), Some(cv))
+    } else {
+        if cv_prior.is_none() && min_count < 1 {
+            return Err(Error::Input(
+                "every class needs at least one example".into(),
+            ));
+        }
+        let c = opts
+            .c_grid
+            .as_ref()
+            .and_then(|g| g.first().copied())
+            .unwrap_or(1.0);
+        let f = fit(
+            &data,
+            cv_prior,
+            &FitOptions {
+                c,
+                ..FitOptions::default()
+            },
+        )?;
+        (f.head, Some(c), None, None)
+    };
+    if opts.method != Method::Interpolate {
+        return Ok(Trained {
+            linear,
+            c,
+            cv_accuracy,
+            folds: if cv.is_some() { folds } else { 0 },
+            alpha: None,
+        });
+    }
+    // Interpolation: choose alpha on out-of-fold probe logits (or, without CV, on the training
+    // data itself), then fold both linear maps into one.
+    let zs = prior
+        .as_ref()
+        .ok_or_else(|| Error::Input("interpolation needs the zero-shot classifier".into()))?;
+    let zs_logits = zs.predict_logits(x)?;
+    let probe_logits = match &cv {
+        Some(cv) => cv.oof_logits.clone(),
+        None => linear.predict_logits(x)?,
+    };
+    let choice = choose_alpha(&zs_logits, &probe_logits, labels, &default_alpha_grid())?;
+    let a = choice.alpha as f32;
+    let w: Vec<f32> = zs
+        .weights()
+        .as_slice()
+        .iter()
+        .zip(linear.weights().as_slice())
+        .map(|(z, p)| a * z + (1.0 - a) * p)
+        .collect();
+    let b: Vec<f32> = linear.bias().iter().map(|p| (1.0 - a) * p).collect();
+    Ok(Trained {
+        linear: LinearHead::new(Matrix::new(n_classes, x.cols(), w)?, b)?,
+        c,
+        cv_accuracy,
+        folds: if cv.is_some() { folds } else { 0 },
+        alpha: Some(choice.alpha),
+    })
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn f32_vec(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+impl Head {
+    /// Saves the head as safetensors (`weight` `[classes, dim]`, `bias` `[classes]`) with its
+    /// metadata as JSON under the `cliplabel_head` key.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let err = |m: String| Error::Output {
+            path: path.to_path_buf(),
+            message: m,
+        };
+        let (c, d) = (self.linear.n_classes(), self.linear.dim());
+        let wb = f32_bytes(self.linear.weights().as_slice());
+        let bb = f32_bytes(self.linear.bias());
+        let w = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![c, d], &wb)
+            .map_err(|e| err(e.to_string()))?;
+        let b = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![c], &bb)
+            .map_err(|e| err(e.to_string()))?;
+        let meta = serde_json::to_string(&self.meta).map_err(|e| err(e.to_string()))?;
+        let data = safetensors::tensor::serialize(
+            [("weight", w), ("bias", b)],
+            Some(std::collections::HashMap::from([(
+                "cliplabel_head".to_string(),
+                meta,
+            )])),
+        )
+        .map_err(|e| err(e.to_string()))?;
+        write_atomic(path, &data)
+    }
+
+    /// Loads a head file, checking that its tensors agree with its metadata.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let err = |m: String| Error::Safetensors {
+            path: path.to_path_buf(),
+            message: m,
+        };
+        let (_, md) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
+        let meta: HeadMeta = md
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("cliplabel_head"))
+            .ok_or_else(|| err("not a cliplabel head (no `cliplabel_head` metadata)".into()))
+            .and_then(|s| {
+                serde_json::from_str(s).map_err(|e| err(format!("bad head metadata: {e}")))
+            })?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
+        let w = st.tensor("weight").map_err(|e| err(e.to_string()))?;
+        let b = st.tensor("bias").map_err(|e| err(e.to_string()))?;
+        let c = meta.classes.len();
+        if w.shape() != [c, meta.dim] || b.shape() != [c] || w.dtype() != safetensors::Dtype::F32 {
+            return Err(err(format!(
+                "weight {:?} / bias {:?} do not match {c} classes of dimension {}",
+                w.shape(),
+                b.shape(),
+                meta.dim
+            )));
+        }
+        let linear = LinearHead::new(
+            Matrix::new(c, meta.dim, f32_vec(w.data()))?,
+            f32_vec(b.data()),
+        )?;
+        Ok(Head { linear, meta })
+    }
+
+    /// Refuses a head trained for another model or embedding size.
+    pub fn check_model(&self, engine: &Engine, path: &Path) -> Result<()> {
+        let features = self.features();
+        let dim = engine.dim(features, true);
+        if self.meta.model_fingerprint != engine.fingerprint || self.meta.dim != dim {
+            return Err(Error::Input(format!(
+                "{}: this head was trained for model `{}` (fingerprint {}, {} {}-dimensional embeddings), \
+                 but --model is `{}` (fingerprint {}, {dim} dimensions); train a head for this model with `cliplabel fit`",
+                path.display(),
+                self.meta.model,
+                self.meta.model_fingerprint,
+                self.meta.features,
+                self.meta.dim,
+                engine.source,
+                engine.fingerprint
+            )));
+        }
+        Ok(())
+    }
+
+    /// Which image features the head was trained on.
+    pub fn features(&self) -> Features {
+        if self.meta.features == "pooled" {
+            Features::Pooled
+        } else {
+            Features::Projected
+        }
+    }
+}
+
+impl Scorer for Head {
+    fn classes(&self) -> &[String] {
+        &self.meta.classes
+    }
+
+    fn score(&self, embeddings: &[f32]) -> Vec<Scores> {
+        let d = self.meta.dim;
+        let mut rows = embeddings.to_vec();
+        for r in rows.chunks_exact_mut(d) {
+            normalize_in_place(r);
+        }
+        let n = rows.len() / d;
+        let Ok(x) = Matrix::new(n, d, rows) else {
+            return Vec::new();
+        };
+        let Ok(logits) = self.linear.predict_logits(&x) else {
+            return Vec::new();
+        };
+        let p = softmax_rows(&logits);
+        (0..n)
+            .map(|i| Scores {
+                probs: p.row(i).to_vec(),
+                cosines: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn features(&self) -> Features {
+        Head::features(self)
+    }
+}
