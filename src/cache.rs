@@ -26,6 +26,16 @@ struct Index {
     entries: Vec<Entry>,
 }
 
+/// What [`EmbeddingCache::embed`] returns.
+pub struct Embeddings {
+    /// The embedding of each requested path, `None` where the image failed.
+    pub rows: Vec<Option<Vec<f32>>>,
+    /// The images that failed, with reasons.
+    pub failures: Vec<Failure>,
+    /// How many images were encoded (the rest came from the cache).
+    pub encoded: usize,
+}
+
 /// Cached image embeddings of one model and feature kind.
 pub struct EmbeddingCache {
     files: Option<(PathBuf, PathBuf)>,
@@ -125,7 +135,14 @@ impl EmbeddingCache {
         (e.size == size && e.mtime_ns == mtime).then_some(i)
     }
 
-    fn insert(&mut self, path: &Path, row: &[f32]) {
+    /// The cached embedding of `path`, if present and the file is unchanged.
+    pub fn get(&self, path: &Path) -> Option<&[f32]> {
+        self.lookup(path)
+            .map(|i| &self.rows[i * self.dim..(i + 1) * self.dim])
+    }
+
+    /// Adds or replaces the embedding of `path` (ignored if the file cannot be read).
+    pub fn insert(&mut self, path: &Path, row: &[f32]) {
         let Ok((key, size, mtime_ns)) = stat(path) else {
             return;
         };
@@ -148,15 +165,14 @@ impl EmbeddingCache {
         self.dirty = true;
     }
 
-    /// Returns the embedding of every path (`None` where the image failed), encoding only those
-    /// that are missing or changed, then saves the cache. Also returns the failures and how
-    /// many images were encoded.
+    /// Returns the embedding of every path, encoding only those that are missing or changed,
+    /// then saves the cache.
     pub fn embed(
         &mut self,
         engine: &Engine,
         paths: &[PathBuf],
         batch_size: usize,
-    ) -> Result<(Vec<Option<Vec<f32>>>, Vec<Failure>, usize)> {
+    ) -> Result<Embeddings> {
         let missing: Vec<PathBuf> = paths
             .iter()
             .filter(|p| self.lookup(p).is_none())
@@ -193,7 +209,11 @@ impl EmbeddingCache {
                     .map(|i| self.rows[i * dim..(i + 1) * dim].to_vec())
             })
             .collect();
-        Ok((out, failures, encoded - failed_set.len()))
+        Ok(Embeddings {
+            rows: out,
+            failures,
+            encoded: encoded - failed_set.len(),
+        })
     }
 
     /// Writes the cache if it changed (atomically; data first, then the index).

@@ -190,6 +190,8 @@ pub fn compare(
                     method,
                     folds: opts.folds,
                     seed,
+                    // One example per class cannot be cross-validated: fit at C = 1.
+                    fallback_c: Some(1.0),
                     ..TrainOptions::default()
                 };
                 let t = train(&sub.x, &sub.labels, classes, Some(&zs), &opts)?;
@@ -229,9 +231,9 @@ pub fn embed_set(
     labels: &[usize],
     batch_size: usize,
 ) -> Result<(Embedded, Vec<crate::output::Failure>, usize)> {
-    let (rows, failures, encoded) = cache.embed(engine, &set.paths, batch_size)?;
+    let e = cache.embed(engine, &set.paths, batch_size)?;
     let dim = engine.model.config.projection_dim;
-    Ok((Embedded::new(rows, labels, dim)?, failures, encoded))
+    Ok((Embedded::new(e.rows, labels, dim)?, e.failures, e.encoded))
 }
 
 #[cfg(test)]

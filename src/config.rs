@@ -310,7 +310,7 @@ pub struct PreprocessConfig {
 /// The CLIP mean used by OpenAI and transformers.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// The CLIP standard deviation used by OpenAI and transformers.
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 fn size_pair(v: &Value, path: &Path, field: &str) -> Result<(usize, usize)> {
     if let Some(n) = v.as_u64() {
@@ -428,7 +428,7 @@ impl PreprocessConfig {
             None
         };
         if let Some((_, std)) = cfg.normalize {
-            if std.iter().any(|&s| s == 0.0) {
+            if std.contains(&0.0) {
                 return Err(Error::config(
                     path,
                     "image_std",

@@ -52,6 +52,9 @@ pub struct TrainOptions {
     pub balanced: bool,
     /// Seed of the fold assignment.
     pub seed: u64,
+    /// `C` to use when some class has fewer than two examples, so cross-validation cannot run;
+    /// `None` makes that an error naming the class.
+    pub fallback_c: Option<f64>,
 }
 
 impl Default for TrainOptions {
@@ -62,6 +65,7 @@ impl Default for TrainOptions {
             c_grid: None,
             balanced: false,
             seed: 0,
+            fallback_c: None,
         }
     }
 }
@@ -171,8 +175,29 @@ pub fn train(
             )))
         }
     };
-    let min_count = data.class_counts().into_iter().min().unwrap_or(0);
-    let folds = opts.folds.min(min_count);
+    let counts = data.class_counts();
+    let min_count = counts.iter().copied().min().unwrap_or(0);
+    // A single C needs no cross-validation.
+    let single_c = opts.c_grid.as_ref().filter(|g| g.len() == 1).map(|g| g[0]);
+    let folds = if single_c.is_some() {
+        0
+    } else {
+        opts.folds.min(min_count)
+    };
+    if folds < 2 && single_c.is_none() && opts.fallback_c.is_none() {
+        let (c, n) = counts
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, &n)| n)
+            .map(|(c, &n)| (c, n))
+            .unwrap_or((0, 0));
+        return Err(Error::Input(format!(
+            "class `{}` has {n} example{}; cross-validating C needs at least 2 per class (and --cv of at least 2); \
+             add examples, or pass a single --c-grid value to fit without cross-validation",
+            class_names.get(c).map_or("?", String::as_str),
+            if n == 1 { "" } else { "s" }
+        )));
+    }
     let cv_prior = if opts.method == Method::ZeroShotInit {
         prior.as_ref()
     } else {
@@ -190,7 +215,7 @@ pub fn train(
             None => Err(Error::Input("no training examples".into())),
         };
     }
-    // With fewer than two examples in some class, cross-validation cannot run: use C = 1.
+    // With a single C, or fewer than two examples in some class, fit once without cross-validation.
     let (linear, c, cv_accuracy, cv) = if folds >= 2 {
         let cvo = CvOptions {
             folds,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::EmbeddingCache;
 use crate::embed::{embed_images, Engine, Features};
 use crate::error::{Error, Result};
 use crate::labels::{FailedWriter, LabelRow, LabelWriter, UNKNOWN};
@@ -94,6 +95,8 @@ pub struct Summary {
     pub failed: usize,
     /// Images skipped because the output already had them (`--resume`).
     pub skipped: usize,
+    /// Images scored from the embedding cache without running the model.
+    pub cached: usize,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -195,13 +198,15 @@ impl Progress {
     }
 }
 
-/// Labels `paths` with `scorer`, writing rows to `opts.out` as it goes.
+/// Labels `paths` with `scorer`, writing rows to `opts.out` as it goes. With an embedding
+/// `cache`, cached images skip the model and new embeddings are added to it.
 pub fn run_job(
     engine: &Engine,
     scorer: &dyn Scorer,
     info: &RunInfo,
     paths: Vec<PathBuf>,
     opts: &JobOptions,
+    cache: Option<&mut EmbeddingCache>,
 ) -> Result<Summary> {
     let start = Instant::now();
     let classes = scorer.classes();
@@ -255,20 +260,29 @@ pub fn run_job(
         ..Summary::default()
     };
     let mut progress = Progress::new(todo.len(), opts.quiet);
-    embed_images(engine, todo, opts.batch_size, scorer.features(), |batch| {
-        let mut rows = Vec::with_capacity(batch.ok.len());
-        let mut failures: Vec<Failure> = batch
-            .failed
-            .iter()
-            .map(|(p, e)| Failure {
-                path: p.display().to_string(),
-                error: e.clone(),
-            })
-            .collect();
-        if let Some(t) = &batch.embeddings {
-            let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
-            let scores = scorer.score(&values);
-            for (p, s) in batch.ok.iter().zip(&scores) {
+    let features = scorer.features();
+    let dim = engine.dim(features, true);
+    // Images whose embeddings are cached are scored without running the model.
+    let (cached, todo): (Vec<PathBuf>, Vec<PathBuf>) = match cache.as_deref() {
+        Some(c) => todo.into_iter().partition(|p| c.get(p).is_some()),
+        None => (Vec::new(), todo),
+    };
+    let mut handle =
+        |ok: &[PathBuf], values: &[f32], failed_now: &[(PathBuf, String)]| -> Result<()> {
+            let mut failures: Vec<Failure> = failed_now
+                .iter()
+                .map(|(p, e)| Failure {
+                    path: p.display().to_string(),
+                    error: e.clone(),
+                })
+                .collect();
+            let scores = if ok.is_empty() {
+                Vec::new()
+            } else {
+                scorer.score(values)
+            };
+            let mut rows = Vec::with_capacity(ok.len());
+            for (p, s) in ok.iter().zip(&scores) {
                 let row = make_row(&p.display().to_string(), s, classes, k, &opts.abstention);
                 if let Some((dir, mode)) = &opts.organize {
                     if let Err(e) = place(p, dir, &row.label, *mode) {
@@ -280,19 +294,53 @@ pub fn run_job(
                 }
                 rows.push(row);
             }
+            for f in &failures {
+                progress.warn(&format!("warning: {}: {}", f.path, f.error));
+            }
+            summary.labelled += rows.len();
+            summary.abstained += rows.iter().filter(|r| r.abstained).count();
+            writer.write_batch(&rows)?;
+            failed.write(&failures)?;
+            progress.add(ok.len() + failed_now.len());
+            Ok(())
+        };
+    let n_cached = cached.len();
+    if let Some(c) = cache.as_deref() {
+        for chunk in cached.chunks(opts.batch_size.max(1)) {
+            let mut values = Vec::with_capacity(chunk.len() * dim);
+            for p in chunk {
+                values.extend_from_slice(c.get(p).unwrap_or(&[]));
+            }
+            handle(chunk, &values, &[])?;
         }
-        for f in &failures {
-            progress.warn(&format!("warning: {}: {}", f.path, f.error));
+    }
+    let mut fresh: Vec<(PathBuf, Vec<f32>)> = Vec::new();
+    let keep = cache.is_some();
+    embed_images(engine, todo, opts.batch_size, features, |batch| {
+        let values: Vec<f32> = match &batch.embeddings {
+            Some(t) => t.flatten_all()?.to_vec1()?,
+            None => Vec::new(),
+        };
+        if keep {
+            fresh.extend(
+                batch
+                    .ok
+                    .iter()
+                    .cloned()
+                    .zip(values.chunks_exact(dim).map(<[f32]>::to_vec)),
+            );
         }
-        summary.labelled += rows.len();
-        summary.abstained += rows.iter().filter(|r| r.abstained).count();
-        writer.write_batch(&rows)?;
-        failed.write(&failures)?;
-        progress.add(batch.ok.len() + batch.failed.len());
-        Ok(())
+        handle(&batch.ok, &values, &batch.failed)
     })?;
+    if let Some(c) = cache {
+        for (p, row) in &fresh {
+            c.insert(p, row);
+        }
+        c.save()?;
+    }
     progress.finish();
     summary.failed = failed.count();
+    summary.cached = n_cached;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
 }

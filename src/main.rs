@@ -201,6 +201,9 @@ fn print_summary(s: &Summary, out: &std::path::Path, quiet: bool) {
     if s.skipped > 0 {
         line.push_str(&format!(" ({} already labelled, skipped)", s.skipped));
     }
+    if s.cached > 0 {
+        line.push_str(&format!(" ({} from the embedding cache)", s.cached));
+    }
     eprintln!("{line}");
     if s.failed > 0 {
         eprintln!(
@@ -231,7 +234,7 @@ fn run_label(a: LabelArgs) -> anyhow::Result<ExitCode> {
         classes: clf.classes.clone(),
         top_k: opts.top_k,
     };
-    let summary = run_job(&engine, &clf, &info, paths, &opts)?;
+    let summary = run_job(&engine, &clf, &info, paths, &opts, None)?;
     print_summary(&summary, &opts.out, opts.quiet);
     Ok(ExitCode::SUCCESS)
 }
@@ -423,6 +426,10 @@ struct ShardArgs {
     /// --array=0-(N-1); a task can then be resubmitted alone with --array=I).
     #[arg(long, value_name = "N")]
     shard_count: Option<usize>,
+    /// Process every input even inside a Slurm array task (by default a Slurm array task with
+    /// more than one task takes its shard from SLURM_ARRAY_TASK_ID, as --shard-from-env does).
+    #[arg(long, conflicts_with_all = ["shard", "shard_from_env", "shard_count"])]
+    no_shard: bool,
 }
 
 fn parse_shard(s: &str) -> Result<cliplabel::shard::Shard, String> {
@@ -444,10 +451,28 @@ impl ShardArgs {
         quiet: bool,
     ) -> anyhow::Result<(Vec<PathBuf>, PathBuf)> {
         use cliplabel::shard::{unsharded_note, Shard, ShardPlan};
-        let Some(shard) = Shard::from_env(self.shard, self.shard_from_env, self.shard_count)?
-        else {
-            if let Some(note) = unsharded_note(|k| std::env::var(k).ok()) {
-                eprintln!("{note}");
+        let in_slurm_array = std::env::var("SLURM_ARRAY_TASK_ID")
+            .is_ok_and(|v| !v.trim().is_empty())
+            && unsharded_note(|k| std::env::var(k).ok()).is_some();
+        let auto = !self.no_shard && !self.is_set() && in_slurm_array;
+        let shard = if auto {
+            let s = Shard::from_env(None, true, None)?;
+            if let Some(s) = s {
+                eprintln!(
+                    "note: shard {s} taken from the Slurm array (SLURM_ARRAY_TASK_ID); pass --no-shard to process every input"
+                );
+            }
+            s
+        } else if self.no_shard {
+            None
+        } else {
+            Shard::from_env(self.shard, self.shard_from_env, self.shard_count)?
+        };
+        let Some(shard) = shard else {
+            if !self.no_shard {
+                if let Some(note) = unsharded_note(|k| std::env::var(k).ok()) {
+                    eprintln!("{note}");
+                }
             }
             return Ok((paths, out.to_path_buf()));
         };
@@ -670,7 +695,11 @@ fn run_fit(a: FitArgs) -> anyhow::Result<ExitCode> {
     let start = std::time::Instant::now();
     let mut cache =
         cliplabel::cache::EmbeddingCache::open(a.cache.dir().as_deref(), &engine, features)?;
-    let (rows, failures, encoded) = cache.embed(&engine, &set.paths, a.model.batch_size)?;
+    let cliplabel::cache::Embeddings {
+        rows,
+        failures,
+        encoded,
+    } = cache.embed(&engine, &set.paths, a.model.batch_size)?;
     for f in &failures {
         if !a.quiet {
             eprintln!("warning: {}: {}", f.path, f.error);
@@ -698,6 +727,7 @@ fn run_fit(a: FitArgs) -> anyhow::Result<ExitCode> {
         c_grid: (!a.c_grid.is_empty()).then(|| a.c_grid.clone()),
         balanced: a.balanced,
         seed: a.seed,
+        fallback_c: None,
     };
     let t = train(&data.x, &data.labels, &set.classes, zs.as_ref(), &opts)?;
     let head = Head {
@@ -777,6 +807,8 @@ struct PredictArgs {
     output: OutputArgs,
     #[command(flatten)]
     shard: ShardArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 fn run_predict(a: PredictArgs) -> anyhow::Result<ExitCode> {
@@ -805,7 +837,15 @@ fn run_predict(a: PredictArgs) -> anyhow::Result<ExitCode> {
         classes: head.meta.classes.clone(),
         top_k: opts.top_k,
     };
-    let summary = run_job(&engine, &head, &info, paths, &opts)?;
+    let mut cache = match a.cache.dir() {
+        Some(d) => Some(cliplabel::cache::EmbeddingCache::open(
+            Some(&d),
+            &engine,
+            head.features(),
+        )?),
+        None => None,
+    };
+    let summary = run_job(&engine, &head, &info, paths, &opts, cache.as_mut())?;
     print_summary(&summary, &opts.out, opts.quiet);
     Ok(ExitCode::SUCCESS)
 }
