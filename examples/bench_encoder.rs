@@ -16,6 +16,9 @@
 //! cargo run --release --example bench_encoder -- scratch/full-vit-b32 --text --threads 2
 //! ```
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::time::Instant;
 

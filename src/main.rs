@@ -7,6 +7,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use cliplabel::embed::{embed_images, Engine, Features};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use cliplabel::job::{run_job, JobOptions, RunInfo, Summary};
 use cliplabel::organize::LinkMode;
 use cliplabel::output::{write_embeddings, EmbeddingsSidecar, Failure};
