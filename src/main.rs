@@ -731,6 +731,7 @@ fn run_fit(a: FitArgs) -> anyhow::Result<ExitCode> {
         balanced: a.balanced,
         seed: a.seed,
         fallback_c: None,
+        ..TrainOptions::default()
     };
     let t = train(&data.x, &data.labels, &set.classes, zs.as_ref(), &opts)?;
     let head = Head {
