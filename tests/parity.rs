@@ -18,7 +18,7 @@ struct Reference {
 
 impl Reference {
     fn load(model: &str) -> Self {
-        let bytes = std::fs::read(fixtures().join(model).join("reference.safetensors")).unwrap();
+        let bytes = std::fs::read(model_dir(model).join("reference.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let tensors = st
             .tensors()
@@ -61,8 +61,17 @@ fn token_cases() -> Vec<TokenCase> {
     serde_json::from_slice(&std::fs::read(fixtures().join("tokens.json")).unwrap()).unwrap()
 }
 
+/// A fixture model by name, or any model directory by absolute path.
+fn model_dir(model: &str) -> PathBuf {
+    if Path::new(model).is_absolute() {
+        PathBuf::from(model)
+    } else {
+        fixtures().join(model)
+    }
+}
+
 fn engine(model: &str) -> Engine {
-    Engine::load(fixtures().join(model).to_str().unwrap(), &Device::Cpu).unwrap()
+    Engine::load(model_dir(model).to_str().unwrap(), &Device::Cpu).unwrap()
 }
 
 /// Maps a reference key (file name with '.' replaced by '_') back to the image file.
@@ -111,6 +120,12 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn text_features_match_transformers() {
     for model in ["tiny-clip", "tiny-clip-gelu-f16"] {
+        text_parity(model);
+    }
+}
+
+fn text_parity(model: &str) {
+    {
         let e = engine(model);
         let r = Reference::load(model);
         let texts: Vec<String> = token_cases().into_iter().map(|c| c.text).collect();
@@ -140,6 +155,28 @@ fn text_features_match_transformers() {
 #[test]
 fn pixels_and_image_features_match_transformers() {
     for model in ["tiny-clip", "tiny-clip-gelu-f16"] {
+        image_parity(model);
+    }
+}
+
+/// Full-size ViT-B/32 parity (151M random parameters, not committed): make the model and its
+/// reference with `scripts/make_fixtures.py --full`, then run
+/// `cargo test --release --test parity -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs scratch/full-vit-b32 from scripts/make_fixtures.py --full"]
+fn full_size_vit_b32_matches_transformers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scratch/full-vit-b32");
+    assert!(
+        dir.join("reference.safetensors").is_file(),
+        "run `python scripts/make_fixtures.py --full` first"
+    );
+    let dir = dir.to_str().unwrap();
+    text_parity(dir);
+    image_parity(dir);
+}
+
+fn image_parity(model: &str) {
+    {
         let e = engine(model);
         let r = Reference::load(model);
         let images = r.images();
