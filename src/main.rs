@@ -55,20 +55,10 @@ struct ClassArgs {
     /// A class name (repeat for each class; at least two).
     #[arg(long, value_name = "NAME")]
     class: Vec<String>,
-    /// Prompt templates: a file (one template with one `{}` per line) or a shipped set
-    /// (photo, imagenet80, imagenet7, satellite, textures, food, pets, flowers, cars, aircraft,
-    /// cifar, shapes). Default: photo ("a photo of a {}.").
-    #[arg(long, value_name = "FILE|NAME", conflicts_with = "template")]
-    templates: Option<String>,
-    /// A template such as "a photo of a {}." (repeat to ensemble several).
-    #[arg(long, value_name = "TEMPLATE")]
-    template: Vec<String>,
-    /// Where to cache class embeddings (default: $CLIPLABEL_CACHE, else ~/.cache/cliplabel).
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Do not read or write the class-embedding cache.
-    #[arg(long)]
-    no_cache: bool,
+    #[command(flatten)]
+    templates: TemplateArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 impl ClassArgs {
@@ -79,20 +69,7 @@ impl ClassArgs {
         })
     }
     fn templates(&self) -> anyhow::Result<Templates> {
-        Ok(if !self.template.is_empty() {
-            Templates::from_strings(&self.template)?
-        } else {
-            Templates::resolve(self.templates.as_deref().unwrap_or("photo"))?
-        })
-    }
-    fn cache(&self) -> Option<PathBuf> {
-        if self.no_cache {
-            None
-        } else {
-            self.cache_dir
-                .clone()
-                .or_else(cliplabel::zeroshot::default_cache_dir)
-        }
+        Ok(self.templates.resolve()?.0)
     }
 }
 
@@ -226,7 +203,7 @@ fn run_label(a: LabelArgs) -> anyhow::Result<ExitCode> {
         .apply(&a.output.inputs, paths, &opts.out, opts.quiet)?;
     let opts = JobOptions { out, ..opts };
     let engine = load_engine(&a.model)?;
-    let cache = a.classes.cache();
+    let cache = a.classes.cache.dir();
     let (clf, _cached) =
         ZeroShotClassifier::load_or_build(&engine, &classes, &templates, cache.as_deref())?;
     let info = RunInfo {
@@ -557,10 +534,12 @@ fn run_merge(a: MergeArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Args)]
 struct TemplateArgs {
-    /// Prompt templates for the zero-shot part: a file or a shipped set name (see `label --help`).
+    /// Prompt templates: a file (one template with one `{}` per line) or a shipped set
+    /// (photo, imagenet80, imagenet7, satellite, textures, food, pets, flowers, cars, aircraft,
+    /// cifar, shapes). Default: photo ("a photo of a {}.").
     #[arg(long, value_name = "FILE|NAME", conflicts_with = "template")]
     templates: Option<String>,
-    /// A template such as "a photo of a {}." (repeatable).
+    /// A template such as "a photo of a {}." (repeat to ensemble several).
     #[arg(long, value_name = "TEMPLATE")]
     template: Vec<String>,
 }
@@ -581,10 +560,11 @@ impl TemplateArgs {
 
 #[derive(Args)]
 struct CacheArgs {
-    /// Where to cache embeddings (default: $CLIPLABEL_CACHE, else ~/.cache/cliplabel).
+    /// Where to cache class and image embeddings (default: $CLIPLABEL_CACHE, else
+    /// ~/.cache/cliplabel).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Do not read or write the embedding cache.
+    /// Do not read or write the embedding caches.
     #[arg(long)]
     no_cache: bool,
 }
