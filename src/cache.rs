@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::embed::{embed_images, Engine, Features};
 use crate::error::{Error, Result};
-use crate::output::{write_atomic, Failure};
+use crate::output::{f32_from_le_bytes, f32_to_le_bytes, write_atomic, Failure};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Entry {
@@ -98,11 +98,7 @@ impl EmbeddingCache {
                             && ix.model_fingerprint == c.fingerprint
                             && t.shape() == [ix.entries.len(), dim]
                         {
-                            c.rows = t
-                                .data()
-                                .chunks_exact(4)
-                                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                                .collect();
+                            c.rows = f32_from_le_bytes(t.data());
                             c.by_path = ix
                                 .entries
                                 .iter()
@@ -227,7 +223,7 @@ impl EmbeddingCache {
         if let Some(dir) = data.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let bytes: Vec<u8> = self.rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = f32_to_le_bytes(&self.rows);
         let view = safetensors::tensor::TensorView::new(
             safetensors::Dtype::F32,
             vec![self.entries.len(), self.dim],

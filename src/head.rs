@@ -12,7 +12,7 @@ use crate::linear_head::{
     choose_alpha, default_alpha_grid, fit, fit_cv, softmax_rows, CvOptions, Dataset, FitOptions,
     LinearHead, Matrix,
 };
-use crate::output::write_atomic;
+use crate::output::{f32_from_le_bytes, f32_to_le_bytes, write_atomic};
 use crate::zeroshot::{normalize_in_place, Scores, ZeroShotClassifier};
 
 /// How a head is trained.
@@ -292,16 +292,6 @@ pub fn train(
     })
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn f32_vec(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
 impl Head {
     /// Saves the head as safetensors (`weight` `[classes, dim]`, `bias` `[classes]`) with its
     /// metadata as JSON under the `cliplabel_head` key.
@@ -311,8 +301,8 @@ impl Head {
             message: m,
         };
         let (c, d) = (self.linear.n_classes(), self.linear.dim());
-        let wb = f32_bytes(self.linear.weights().as_slice());
-        let bb = f32_bytes(self.linear.bias());
+        let wb = f32_to_le_bytes(self.linear.weights().as_slice());
+        let bb = f32_to_le_bytes(self.linear.bias());
         let w = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![c, d], &wb)
             .map_err(|e| err(e.to_string()))?;
         let b = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![c], &bb)
@@ -359,8 +349,8 @@ impl Head {
             )));
         }
         let linear = LinearHead::new(
-            Matrix::new(c, meta.dim, f32_vec(w.data()))?,
-            f32_vec(b.data()),
+            Matrix::new(c, meta.dim, f32_from_le_bytes(w.data()))?,
+            f32_from_le_bytes(b.data()),
         )?;
         Ok(Head { linear, meta })
     }

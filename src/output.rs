@@ -39,6 +39,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Little-endian bytes of f32 values, as safetensors stores them.
+pub fn f32_to_le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// f32 values from little-endian bytes (a trailing partial value is ignored).
+pub fn f32_from_le_bytes(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 /// One image that could not be processed.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Failure {
@@ -87,7 +99,7 @@ pub fn write_embeddings(out: &Path, rows: &[f32], sidecar: &EmbeddingsSidecar) -
             ),
         });
     }
-    let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let bytes = f32_to_le_bytes(rows);
     let view =
         safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, sidecar.dim], &bytes)
             .map_err(|e| Error::Output {
@@ -144,12 +156,7 @@ pub fn read_embeddings(path: &Path) -> Result<(Vec<f32>, EmbeddingsSidecar)> {
             ),
         });
     }
-    let rows = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok((rows, sidecar))
+    Ok((f32_from_le_bytes(t.data()), sidecar))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::embed::{fnv1a, Engine, FNV_START};
 use crate::error::{Error, Result};
-use crate::output::write_atomic;
+use crate::output::{f32_from_le_bytes, f32_to_le_bytes, write_atomic};
 use crate::prompts::{ClassList, Templates};
 
 /// A class-by-dimension matrix of normalised text embeddings, with the model's logit scale.
@@ -148,7 +148,7 @@ impl ZeroShotClassifier {
 
     /// Saves the classifier as safetensors (`weights`, `logit_scale`) with the class names in the metadata.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let wbytes: Vec<u8> = self.weights.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let wbytes = f32_to_le_bytes(&self.weights);
         let sbytes = self.logit_scale.to_le_bytes().to_vec();
         let err = |m: String| Error::Output {
             path: path.to_path_buf(),
@@ -187,11 +187,7 @@ impl ZeroShotClassifier {
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
         let w = st.tensor("weights").map_err(|e| err(e.to_string()))?;
         let s = st.tensor("logit_scale").map_err(|e| err(e.to_string()))?;
-        let f = |b: &[u8]| -> Vec<f32> {
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        };
+        let f = f32_from_le_bytes;
         let shape = w.shape().to_vec();
         if shape.len() != 2 || shape[0] != classes.len() || s.data().len() != 4 {
             return Err(err(format!("unexpected shapes {shape:?}")));
