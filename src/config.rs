@@ -176,7 +176,7 @@ fn tower(
         hidden_act: Activation::parse(act, path, &format!("{prefix}hidden_act"))?,
         layer_norm_eps: get_f64(obj, "layer_norm_eps", 1e-5, path, prefix)?,
     };
-    if tower.hidden_size % tower.num_attention_heads != 0 {
+    if !tower.hidden_size.is_multiple_of(tower.num_attention_heads) {
         return Err(Error::config(
             path,
             &format!("{prefix}num_attention_heads"),
@@ -239,7 +239,7 @@ impl ClipConfig {
             patch_size: get_usize(vis, "patch_size", 32, path, "vision_config.")?,
             num_channels: get_usize(vis, "num_channels", 3, path, "vision_config.")?,
         };
-        if vision.image_size % vision.patch_size != 0 {
+        if !vision.image_size.is_multiple_of(vision.patch_size) {
             return Err(Error::config(
                 path,
                 "vision_config.patch_size",

@@ -120,7 +120,7 @@ impl Engine {
             &config.text,
         )?;
         let ckpt = Checkpoint::open(&files.weights)?;
-        let model = ClipModel::load(config, &ckpt, device)?;
+        let model = ClipModel::load_with(config, &ckpt, device, crate::model::Kernels::from_env())?;
         Ok(Engine {
             model,
             tokenizer,

@@ -12,6 +12,7 @@ pub mod dataset;
 pub mod embed;
 pub mod error;
 pub mod evaluation;
+pub mod gemm;
 pub mod head;
 pub mod hub;
 pub mod inputs;

@@ -1921,7 +1921,10 @@ mod avx2 {
         z: &mut [f32],
     ) {
         assert!(
-            kp % 16 == 0 && wt.len() >= d * kp && bias.len() >= kp && z.len() >= rows.len() * kp
+            kp.is_multiple_of(16)
+                && wt.len() >= d * kp
+                && bias.len() >= kp
+                && z.len() >= rows.len() * kp
         );
         assert!(rows.iter().all(|r| r.len() >= d));
         let b = rows.len();
@@ -1982,7 +1985,10 @@ mod avx2 {
         z: &mut [f64],
     ) {
         assert!(
-            kp % 16 == 0 && wt.len() >= d * kp && bias.len() >= kp && z.len() >= rows.len() * kp
+            kp.is_multiple_of(16)
+                && wt.len() >= d * kp
+                && bias.len() >= kp
+                && z.len() >= rows.len() * kp
         );
         assert!(rows.iter().all(|r| r.len() >= d));
         let b = rows.len();
@@ -2046,7 +2052,7 @@ mod avx2 {
     ) {
         let b = rows.len();
         let kb = k.div_ceil(CB) * CB;
-        assert!(kp % 16 == 0 && kb <= kp && g.len() >= b * kp && gw.len() >= kb * d);
+        assert!(kp.is_multiple_of(16) && kb <= kp && g.len() >= b * kp && gw.len() >= kb * d);
         assert!(rows.iter().all(|r| r.len() >= d));
         let main = d / 16 * 16;
         let gp = g.as_ptr();
@@ -2098,7 +2104,7 @@ mod avx2 {
     ) {
         let b = rows.len();
         let kb = k.div_ceil(CB) * CB;
-        assert!(kp % 16 == 0 && kb <= kp && g.len() >= b * kp && gw.len() >= kb * d);
+        assert!(kp.is_multiple_of(16) && kb <= kp && g.len() >= b * kp && gw.len() >= kb * d);
         assert!(rows.iter().all(|r| r.len() >= d));
         let main = d / 8 * 8;
         let gp = g.as_ptr();
