@@ -29,6 +29,15 @@ pub fn available() -> bool {
     }
 }
 
+/// What happens to each result of a packed matrix multiply before it is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// Stored as computed.
+    None,
+    /// `x * sigmoid(1.702 x)` (CLIP's `quick_gelu`), fused so the activation costs no extra pass.
+    QuickGelu,
+}
+
 /// A `[n, k]` weight matrix (PyTorch's `Linear` layout) and optional bias, repacked into
 /// 32-column panels for [`PackedWeight::matmul`]; computes `x · Wᵀ + b`.
 pub struct PackedWeight {
@@ -85,20 +94,70 @@ impl PackedWeight {
     ///
     /// Panics if the CPU lacks AVX-512 (check [`available`]) or the lengths disagree.
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_then(x, m, out, Epilogue::None)
+    }
+
+    /// As [`PackedWeight::matmul`], applying `epilogue` to each result as it is stored.
+    pub fn matmul_then(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: Epilogue) {
+        assert_eq!(out.len(), m * self.n, "output must hold m * n values");
+        // SAFETY: `out` holds m * n values.
+        unsafe { self.matmul_into(x, m, out.as_mut_ptr(), epilogue) }
+    }
+
+    /// Allocates the `m * n` output and fills it, without zeroing it first.
+    fn matmul_vec(&self, x: &[f32], m: usize, epilogue: Epilogue) -> Vec<f32> {
+        let len = m * self.n;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        // SAFETY: the buffer has room for m * n values, and `matmul_into` writes every one of
+        // them before `set_len` exposes them.
+        unsafe {
+            self.matmul_into(x, m, out.as_mut_ptr(), epilogue);
+            out.set_len(len);
+        }
+        out
+    }
+
+    /// Writes all `m * n` results to `out`.
+    ///
+    /// # Safety
+    /// `out` must be valid for writes of `m * n` values, and not overlap `x`.
+    unsafe fn matmul_into(&self, x: &[f32], m: usize, out: *mut f32, epilogue: Epilogue) {
         assert!(available(), "the packed kernels need AVX-512");
         let (n, k) = (self.n, self.k);
         assert_eq!(x.len(), m * k, "input must hold m * k values");
-        assert_eq!(out.len(), m * n, "output must hold m * n values");
         if m == 0 || n == 0 {
             return;
         }
+        let gelu = epilogue == Epilogue::QuickGelu;
         if k == 0 {
-            for row in out.chunks_mut(n) {
-                row.copy_from_slice(&self.bias[..n]);
+            for i in 0..m {
+                for (j, &b) in self.bias[..n].iter().enumerate() {
+                    let v = if gelu {
+                        b / (1.0 + (-1.702 * b).exp())
+                    } else {
+                        b
+                    };
+                    // SAFETY: i * n + j < m * n.
+                    unsafe { out.add(i * n + j).write(v) };
+                }
             }
             return;
         }
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        // Rows a multiple of 4 KiB apart map to the same L1 sets, and the kernel reads 12 rows
+        // at once: copy such inputs to rows padded by one cache line.
+        let padded;
+        let (x, lda) = if (k * 4).is_multiple_of(4096) {
+            let lda = k + 16;
+            let mut buf = vec![0f32; m * lda];
+            buf.par_chunks_mut(lda)
+                .zip(x.par_chunks(k))
+                .for_each(|(d, s)| d[..k].copy_from_slice(s));
+            padded = buf;
+            (&padded[..], lda)
+        } else {
+            (x, k)
+        };
+        let out_ptr = SendPtr(out);
         let mp = m.div_ceil(MR);
         let np = n.div_ceil(NR);
         // Column chunks: a whole number per thread, at most NC panels each.
@@ -116,8 +175,8 @@ impl PackedWeight {
                 for q in 0..mp {
                     let rows = MR.min(m - q * MR);
                     let a = A {
-                        ptr: x[q * MR * k + k0..].as_ptr(),
-                        row_stride: k,
+                        ptr: x[q * MR * lda + k0..].as_ptr(),
+                        row_stride: lda,
                     };
                     for p in p0..p1 {
                         let cols = NR.min(n - p * NR);
@@ -128,7 +187,9 @@ impl PackedWeight {
                         // `n`) of `out` (m * n values); tasks own disjoint column ranges.
                         unsafe {
                             let c = out_ptr.0.add(q * MR * n + p * NR);
-                            dispatch(rows, kc, a, b, c, n, cols, (k0 == 0).then_some(bias));
+                            let bias = (k0 == 0).then_some(bias);
+                            let last = k0 + kc == k;
+                            dispatch(rows, kc, a, b, c, n, cols, bias, gelu && last);
                         }
                     }
                 }
@@ -164,29 +225,30 @@ unsafe fn dispatch(
     ldc: usize,
     cols: usize,
     bias: Option<&[f32]>,
+    gelu: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         use x86::kernel;
         match rows {
-            12 => kernel::<12>(kc, a, b, c, ldc, cols, bias),
-            11 => kernel::<11>(kc, a, b, c, ldc, cols, bias),
-            10 => kernel::<10>(kc, a, b, c, ldc, cols, bias),
-            9 => kernel::<9>(kc, a, b, c, ldc, cols, bias),
-            8 => kernel::<8>(kc, a, b, c, ldc, cols, bias),
-            7 => kernel::<7>(kc, a, b, c, ldc, cols, bias),
-            6 => kernel::<6>(kc, a, b, c, ldc, cols, bias),
-            5 => kernel::<5>(kc, a, b, c, ldc, cols, bias),
-            4 => kernel::<4>(kc, a, b, c, ldc, cols, bias),
-            3 => kernel::<3>(kc, a, b, c, ldc, cols, bias),
-            2 => kernel::<2>(kc, a, b, c, ldc, cols, bias),
-            1 => kernel::<1>(kc, a, b, c, ldc, cols, bias),
+            12 => kernel::<12>(kc, a, b, c, ldc, cols, bias, gelu),
+            11 => kernel::<11>(kc, a, b, c, ldc, cols, bias, gelu),
+            10 => kernel::<10>(kc, a, b, c, ldc, cols, bias, gelu),
+            9 => kernel::<9>(kc, a, b, c, ldc, cols, bias, gelu),
+            8 => kernel::<8>(kc, a, b, c, ldc, cols, bias, gelu),
+            7 => kernel::<7>(kc, a, b, c, ldc, cols, bias, gelu),
+            6 => kernel::<6>(kc, a, b, c, ldc, cols, bias, gelu),
+            5 => kernel::<5>(kc, a, b, c, ldc, cols, bias, gelu),
+            4 => kernel::<4>(kc, a, b, c, ldc, cols, bias, gelu),
+            3 => kernel::<3>(kc, a, b, c, ldc, cols, bias, gelu),
+            2 => kernel::<2>(kc, a, b, c, ldc, cols, bias, gelu),
+            1 => kernel::<1>(kc, a, b, c, ldc, cols, bias, gelu),
             _ => unreachable!("row panels hold 1..=MR rows"),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (rows, kc, a, b, c, ldc, cols, bias);
+        let _ = (rows, kc, a, b, c, ldc, cols, bias, gelu);
         unreachable!("the packed kernels are only built for x86_64")
     }
 }
@@ -196,13 +258,55 @@ mod x86 {
     use super::{A, NR};
     use std::arch::x86_64::*;
 
+    /// `e^x` for 16 lanes: Cephes' `expf` range reduction and polynomial (about 1 ulp), with
+    /// the power of two applied by `vscalefps`. Inputs are clamped to ±88.7.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn exp(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-88.7)),
+            _mm512_set1_ps(88.7),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let p = _mm512_fmadd_ps(
+            p,
+            _mm512_mul_ps(r, r),
+            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+        );
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// `x * sigmoid(1.702 x)`, computed as `x / (1 + e^(-1.702 x))` like the scalar kernel.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn quick_gelu(x: __m512) -> __m512 {
+        let e = exp(_mm512_mul_ps(x, _mm512_set1_ps(-1.702)));
+        _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+    }
+
     /// `C[R x cols] (+)= A[R x kc] · B[kc x NR]`, with `A` read in place (rows `row_stride` apart)
     /// and `B` packed as `kk * NR + j`. With `bias`, `C` is overwritten with the product plus the
-    /// bias; without, the product is added to `C`.
+    /// bias; without, the product is added to `C`. With `gelu`, `quick_gelu` is applied to the
+    /// result before it is stored.
     ///
     /// # Safety
     /// AVX-512F must be available; `c` valid for `R` rows of stride `ldc` and `cols` columns.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn kernel<const R: usize>(
         kc: usize,
         a: A,
@@ -211,6 +315,7 @@ mod x86 {
         ldc: usize,
         cols: usize,
         bias: Option<&[f32]>,
+        gelu: bool,
     ) {
         debug_assert!(b.len() >= kc * NR);
         let m0: __mmask16 = if cols >= 16 {
@@ -255,6 +360,12 @@ mod x86 {
             ap = ap.add(1);
             bp = bp.add(NR);
         }
+        if gelu {
+            for row in acc.iter_mut() {
+                row[0] = quick_gelu(row[0]);
+                row[1] = quick_gelu(row[1]);
+            }
+        }
         for (i, row) in acc.iter().enumerate() {
             let p = c.add(i * ldc);
             _mm512_mask_storeu_ps(p, m0, row[0]);
@@ -263,7 +374,24 @@ mod x86 {
     }
 }
 
-impl CustomOp1 for PackedWeight {
+/// [`PackedWeight`] as a candle operation on a contiguous f32 CPU tensor whose last dimension
+/// is the input features; see [`PackedWeight::op`].
+pub struct PackedOp<'a> {
+    weight: &'a PackedWeight,
+    epilogue: Epilogue,
+}
+
+impl PackedWeight {
+    /// The multiply (and `epilogue`) as a candle operation: `x.apply_op1_no_bwd(&w.op(e))`.
+    pub fn op(&self, epilogue: Epilogue) -> PackedOp<'_> {
+        PackedOp {
+            weight: self,
+            epilogue,
+        }
+    }
+}
+
+impl CustomOp1 for PackedOp<'_> {
     fn name(&self) -> &'static str {
         "packed-linear"
     }
@@ -281,19 +409,18 @@ impl CustomOp1 for PackedWeight {
         };
         let dims = layout.dims();
         match dims.last() {
-            Some(&k) if k == self.k => {}
+            Some(&k) if k == self.weight.k => {}
             _ => candle_core::bail!(
                 "packed-linear: input {:?} does not end in {} features",
                 dims,
-                self.k
+                self.weight.k
             ),
         }
-        let m = layout.shape().elem_count() / self.k.max(1);
-        let mut out = vec![0f32; m * self.n];
-        self.matmul(&data[start..end], m, &mut out);
+        let m = dims[..dims.len() - 1].iter().product();
+        let out = self.weight.matmul_vec(&data[start..end], m, self.epilogue);
         let mut shape = dims.to_vec();
         if let Some(last) = shape.last_mut() {
-            *last = self.n;
+            *last = self.weight.n;
         }
         Ok((CpuStorage::F32(out), Shape::from(shape)))
     }
@@ -372,6 +499,57 @@ mod tests {
     }
 
     #[test]
+    fn fused_quick_gelu_matches_the_scalar_formula() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let (m, n, k) = (30, 70, 50);
+        let w = values(n * k, 4);
+        let b = values(n, 5);
+        let x: Vec<f32> = values(m * k, 6).iter().map(|v| v * 40.0).collect();
+        let p = PackedWeight::new(&w, Some(&b), n, k);
+        let mut plain = vec![0f32; m * n];
+        p.matmul(&x, m, &mut plain);
+        let mut fused = vec![0f32; m * n];
+        p.matmul_then(&x, m, &mut fused, Epilogue::QuickGelu);
+        assert!(plain.iter().any(|&v| v < -20.0) && plain.iter().any(|&v| v > 20.0));
+        for (&y, &g) in plain.iter().zip(&fused) {
+            let want = y / (1.0 + (-1.702 * y).exp());
+            assert!(
+                (g - want).abs() <= 2e-7 * want.abs().max(1.0),
+                "{y}: {g} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn vector_exp_is_accurate_over_the_whole_range() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        use std::arch::x86_64::*;
+        let mut worst = 0f64;
+        let mut i = -87.0f32;
+        while i < 88.0 {
+            let xs: [f32; 16] = std::array::from_fn(|j| i + j as f32 * 0.0137);
+            let mut out = [0f32; 16];
+            // SAFETY: AVX-512F is available (checked above).
+            unsafe {
+                let v = super::x86::exp(_mm512_loadu_ps(xs.as_ptr()));
+                _mm512_storeu_ps(out.as_mut_ptr(), v);
+            }
+            for (x, e) in xs.iter().zip(out) {
+                let want = (*x as f64).exp();
+                worst = worst.max(((e as f64 - want) / want).abs());
+            }
+            i += 0.219;
+        }
+        assert!(worst < 3e-7, "largest relative error {worst:e}");
+    }
+
+    #[test]
     fn custom_op_keeps_leading_dimensions() {
         if !available() {
             eprintln!("skipped: this CPU has no AVX-512");
@@ -382,7 +560,7 @@ mod tests {
         let w = values(n * k, 9);
         let x = Tensor::from_vec(values(2 * 5 * k, 10), (2, 5, k), &Device::Cpu).unwrap();
         let p = PackedWeight::new(&w, None, n, k);
-        let y = x.apply_op1_no_bwd(&p).unwrap();
+        let y = x.apply_op1_no_bwd(&p.op(Epilogue::None)).unwrap();
         assert_eq!(y.dims(), &[2, 5, n]);
         let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
         let r = x.broadcast_matmul(&wt.t().unwrap()).unwrap();

@@ -13,7 +13,7 @@ use candle_nn::{LayerNorm, Linear};
 
 use crate::config::{Activation, ClipConfig, TowerConfig};
 use crate::error::{Error, Result};
-use crate::gemm::{self, PackedWeight};
+use crate::gemm::{self, Epilogue, PackedWeight};
 
 /// Which matrix multiply the model's linear layers use on the CPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,8 +55,18 @@ impl Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Dense::Candle(l) => l.forward(x)?,
-            Dense::Packed(p) => x.contiguous()?.apply_op1_no_bwd(p)?,
+            Dense::Packed(p) => x.contiguous()?.apply_op1_no_bwd(&p.op(Epilogue::None))?,
         })
+    }
+
+    /// `act(x · Wᵀ + b)`, with `quick_gelu` fused into the packed kernels' stores.
+    fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        match (self, act) {
+            (Dense::Packed(p), Activation::QuickGelu) => Ok(x
+                .contiguous()?
+                .apply_op1_no_bwd(&p.op(Epilogue::QuickGelu))?),
+            _ => activate(&self.forward(x)?, act),
+        }
     }
 }
 
@@ -345,8 +355,8 @@ impl Layer {
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let h = self.attn.forward(&self.ln1.forward(x)?, mask)?;
         let x = (x + h)?;
-        let h = self.fc1.forward(&self.ln2.forward(&x)?)?;
-        let h = self.fc2.forward(&activate(&h, self.act)?)?;
+        let h = self.fc1.forward_act(&self.ln2.forward(&x)?, self.act)?;
+        let h = self.fc2.forward(&h)?;
         Ok((x + h)?)
     }
 }
@@ -362,8 +372,8 @@ impl Layer {
             .index_select(idx, 0)?
             .reshape((b, 1, d))?;
         let x = (rows + h)?;
-        let h = self.fc1.forward(&self.ln2.forward(&x)?)?;
-        let h = self.fc2.forward(&activate(&h, self.act)?)?;
+        let h = self.fc1.forward_act(&self.ln2.forward(&x)?, self.act)?;
+        let h = self.fc2.forward(&h)?;
         Ok((x + h)?)
     }
 }
