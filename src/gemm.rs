@@ -256,47 +256,8 @@ unsafe fn dispatch(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{A, NR};
+    use crate::simd::avx512::quick_gelu;
     use std::arch::x86_64::*;
-
-    /// `e^x` for 16 lanes: Cephes' `expf` range reduction and polynomial (about 1 ulp), with
-    /// the power of two applied by `vscalefps`. Inputs are clamped to ±88.7.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn exp(x: __m512) -> __m512 {
-        let x = _mm512_min_ps(
-            _mm512_max_ps(x, _mm512_set1_ps(-88.7)),
-            _mm512_set1_ps(88.7),
-        );
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-        );
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            0.166_666_65,
-            0.5,
-        ] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-        }
-        let p = _mm512_fmadd_ps(
-            p,
-            _mm512_mul_ps(r, r),
-            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
-        );
-        _mm512_scalef_ps(p, n)
-    }
-
-    /// `x * sigmoid(1.702 x)`, computed as `x / (1 + e^(-1.702 x))` like the scalar kernel.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn quick_gelu(x: __m512) -> __m512 {
-        let e = exp(_mm512_mul_ps(x, _mm512_set1_ps(-1.702)));
-        _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
-    }
 
     /// `C[R x cols] (+)= A[R x kc] · B[kc x NR]`, with `A` read in place (rows `row_stride` apart)
     /// and `B` packed as `kk * NR + j`. With `bias`, `C` is overwritten with the product plus the
@@ -521,32 +482,6 @@ mod tests {
                 "{y}: {g} vs {want}"
             );
         }
-    }
-
-    #[test]
-    fn vector_exp_is_accurate_over_the_whole_range() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX-512");
-            return;
-        }
-        use std::arch::x86_64::*;
-        let mut worst = 0f64;
-        let mut i = -87.0f32;
-        while i < 88.0 {
-            let xs: [f32; 16] = std::array::from_fn(|j| i + j as f32 * 0.0137);
-            let mut out = [0f32; 16];
-            // SAFETY: AVX-512F is available (checked above).
-            unsafe {
-                let v = super::x86::exp(_mm512_loadu_ps(xs.as_ptr()));
-                _mm512_storeu_ps(out.as_mut_ptr(), v);
-            }
-            for (x, e) in xs.iter().zip(out) {
-                let want = (*x as f64).exp();
-                worst = worst.max(((e as f64 - want) / want).abs());
-            }
-            i += 0.219;
-        }
-        assert!(worst < 3e-7, "largest relative error {worst:e}");
     }
 
     #[test]

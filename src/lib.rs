@@ -5,6 +5,7 @@
 //! `CLIPModel`, `CLIPTokenizerFast` and PIL-based CLIP image processor for any CLIP ViT
 //! checkpoint; [`embed`] batches work over it.
 
+pub mod attention;
 pub mod cache;
 pub mod compare;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod prompts;
 pub mod report;
 pub mod resize;
 pub mod shard;
+pub mod simd;
 pub mod tokenizer;
 pub mod zeroshot;
 

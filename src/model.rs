@@ -11,6 +11,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear};
 
+use crate::attention::FusedAttention;
 use crate::config::{Activation, ClipConfig, TowerConfig};
 use crate::error::{Error, Result};
 use crate::gemm::{self, Epilogue, PackedWeight};
@@ -259,6 +260,8 @@ struct Attention {
     heads: usize,
     head_dim: usize,
     scale: f64,
+    /// Whether attention runs as one fused CPU kernel (with the packed kernels).
+    fused: bool,
 }
 
 impl Attention {
@@ -279,40 +282,49 @@ impl Attention {
             heads: t.num_attention_heads,
             head_dim,
             scale: (head_dim as f64).powf(-0.5),
+            fused: l.packed,
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// Self-attention over every row of `x` (`[b, s, d]`); `causal` hides later tokens.
+    fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
         let (b, s, d) = x.dims3()?;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, s, 3, self.heads, self.head_dim))?;
-        let qkv = qkv.permute((2, 0, 3, 1, 4))?; // (3, b, h, s, hd)
+        let qkv = self.qkv.forward(x)?;
+        if self.fused {
+            let y = qkv
+                .contiguous()?
+                .apply_op1_no_bwd(&self.fused_op(causal, None))?;
+            return self.out.forward(&y);
+        }
+        let qkv = qkv
+            .reshape((b, s, 3, self.heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?; // (3, b, h, s, hd)
         let q = (qkv.get(0)?.contiguous()? * self.scale)?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let mut att = q.matmul(&k.t()?)?;
-        if let Some(m) = mask {
-            att = att.broadcast_add(m)?;
+        if causal {
+            att = att.broadcast_add(&causal_mask(s, x.device())?)?;
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&v)?; // (b, h, s, hd)
         let y = y.transpose(1, 2)?.contiguous()?.reshape((b, s, d))?;
         self.out.forward(&y)
     }
-}
 
-impl Attention {
-    /// Attention output for one row per sequence: row `idx[i] - i * s` of sequence `i`, whose
-    /// index into the flattened `[b * s]` rows is `idx[i]`. Keys and values come from every row;
-    /// `mask` (`[b, 1, 1, s]`) is that row's mask. Returns `[b, 1, d]`.
-    fn forward_rows(&self, x: &Tensor, idx: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// Attention output for one query row per sequence, `rows[i]` of sequence `i`, with keys and
+    /// values from every row. Returns `[b, 1, d]`.
+    fn forward_rows(&self, x: &Tensor, rows: &[usize], causal: bool) -> Result<Tensor> {
         let (b, s, d) = x.dims3()?;
         let qkv = self.qkv.forward(x)?;
+        if self.fused {
+            let op = self.fused_op(causal, Some(rows.to_vec()));
+            let y = qkv.contiguous()?.apply_op1_no_bwd(&op)?;
+            return self.out.forward(&y);
+        }
         let q = qkv
             .reshape((b * s, 3 * d))?
-            .index_select(idx, 0)?
+            .index_select(&row_index(rows, s, x.device())?, 0)?
             .narrow(1, 0, d)?
             .reshape((b, 1, self.heads, self.head_dim))?
             .transpose(1, 2)?;
@@ -323,13 +335,26 @@ impl Attention {
         let k = kv.get(1)?.contiguous()?;
         let v = kv.get(2)?.contiguous()?;
         let mut att = q.matmul(&k.t()?)?; // (b, h, 1, s)
-        if let Some(m) = mask {
-            att = att.broadcast_add(m)?;
+        if causal {
+            let m: Vec<f32> = rows
+                .iter()
+                .flat_map(|&p| (0..s).map(move |j| if j > p { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            att = att.broadcast_add(&Tensor::from_vec(m, (b, 1, 1, s), x.device())?)?;
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&v)?; // (b, h, 1, hd)
         let y = y.transpose(1, 2)?.contiguous()?.reshape((b, 1, d))?;
         self.out.forward(&y)
+    }
+
+    fn fused_op(&self, causal: bool, rows: Option<Vec<usize>>) -> FusedAttention {
+        FusedAttention {
+            heads: self.heads,
+            scale: self.scale as f32,
+            causal,
+            rows,
+        }
     }
 }
 
@@ -352,26 +377,26 @@ struct Layer {
 }
 
 impl Layer {
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.attn.forward(&self.ln1.forward(x)?, mask)?;
+    fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
+        let h = self.attn.forward(&self.ln1.forward(x)?, causal)?;
         let x = (x + h)?;
         let h = self.fc1.forward_act(&self.ln2.forward(&x)?, self.act)?;
         let h = self.fc2.forward(&h)?;
         Ok((x + h)?)
     }
-}
 
-impl Layer {
-    /// The layer's output for the rows `idx` of the flattened `[b * s]` rows only (one per
-    /// sequence), which is all a pooled output needs of the last layer. Returns `[b, 1, d]`.
-    fn forward_rows(&self, x: &Tensor, idx: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// The layer's output at one row per sequence only, `rows[i]` of sequence `i`, which is all
+    /// a pooled output needs of the last layer. Returns `[b, 1, d]`.
+    fn forward_rows(&self, x: &Tensor, rows: &[usize], causal: bool) -> Result<Tensor> {
         let (b, s, d) = x.dims3()?;
-        let h = self.attn.forward_rows(&self.ln1.forward(x)?, idx, mask)?;
-        let rows = x
+        let h = self
+            .attn
+            .forward_rows(&self.ln1.forward(x)?, rows, causal)?;
+        let picked = x
             .reshape((b * s, d))?
-            .index_select(idx, 0)?
+            .index_select(&row_index(rows, s, x.device())?, 0)?
             .reshape((b, 1, d))?;
-        let x = (rows + h)?;
+        let x = (picked + h)?;
         let h = self.fc1.forward_act(&self.ln2.forward(&x)?, self.act)?;
         let h = self.fc2.forward(&h)?;
         Ok((x + h)?)
@@ -406,33 +431,15 @@ impl Encoder {
     /// but everything else only for the pooled rows (for ViT-B/32, about 7% of the work saved).
     fn forward_pooled(&self, x: &Tensor, causal: bool, rows: &[usize]) -> Result<Tensor> {
         let (b, s, d) = x.dims3()?;
-        let device = x.device();
-        let full_mask = if causal {
-            Some(causal_mask(s, device)?)
-        } else {
-            None
-        };
         let Some((last, init)) = self.layers.split_last() else {
-            let idx = row_index(rows, s, device)?;
+            let idx = row_index(rows, s, x.device())?;
             return Ok(x.reshape((b * s, d))?.index_select(&idx, 0)?);
         };
         let mut x = x.clone();
         for l in init {
-            x = l.forward(&x, full_mask.as_ref())?;
+            x = l.forward(&x, causal)?;
         }
-        let idx = row_index(rows, s, device)?;
-        let row_mask = if causal {
-            let m: Vec<f32> = rows
-                .iter()
-                .flat_map(|&p| (0..s).map(move |j| if j > p { f32::NEG_INFINITY } else { 0.0 }))
-                .collect();
-            Some(Tensor::from_vec(m, (b, 1, 1, s), device)?)
-        } else {
-            None
-        };
-        Ok(last
-            .forward_rows(&x, &idx, row_mask.as_ref())?
-            .reshape((b, d))?)
+        Ok(last.forward_rows(&x, rows, causal)?.reshape((b, d))?)
     }
 }
 

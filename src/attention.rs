@@ -1,0 +1,500 @@
+//! Fused multi-head attention for the CPU path of the packed kernels.
+//!
+//! candle's composition (split Q/K/V into contiguous copies, batched matmul, softmax, a second
+//! batched matmul, transpose back) makes five passes over memory and many small matrix
+//! multiplies. Here each (sequence, head) pair is one task that reads Q, K and V in place from
+//! the fused QKV projection's output and writes its slice of the result rows directly.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use rayon::prelude::*;
+
+/// Sizes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    /// Sequences in the batch.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Values per head.
+    pub head_dim: usize,
+}
+
+/// Softmax attention over a fused QKV tensor laid out `[batch, seq, 3, heads, head_dim]`
+/// (queries, then keys, then values of every head, as the fused projection writes them).
+///
+/// With `rows`, only query row `rows[i]` of sequence `i` is computed and the result is
+/// `[batch, heads * head_dim]`; otherwise every row is, `[batch * seq, heads * head_dim]`.
+/// `causal` lets a query see only keys at or before its own position.
+pub fn attention(
+    qkv: &[f32],
+    shape: AttentionShape,
+    scale: f32,
+    causal: bool,
+    rows: Option<&[usize]>,
+) -> Vec<f32> {
+    attention_with(qkv, shape, scale, causal, rows, simd_available())
+}
+
+fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`attention`], with the AVX-512 loops only when `simd` (which requires the CPU to have them).
+fn attention_with(
+    qkv: &[f32],
+    shape: AttentionShape,
+    scale: f32,
+    causal: bool,
+    rows: Option<&[usize]>,
+    simd: bool,
+) -> Vec<f32> {
+    assert!(
+        !simd || simd_available(),
+        "AVX-512 loops on a CPU without AVX-512"
+    );
+    let AttentionShape {
+        batch,
+        seq,
+        heads,
+        head_dim: hd,
+    } = shape;
+    let d = heads * hd;
+    assert_eq!(
+        qkv.len(),
+        batch * seq * 3 * d,
+        "qkv must be [batch, seq, 3, heads, head_dim]"
+    );
+    if let Some(r) = rows {
+        assert_eq!(r.len(), batch, "one query row per sequence");
+        assert!(
+            r.iter().all(|&p| p < seq),
+            "query rows must lie inside the sequence"
+        );
+    }
+    let out_rows = if rows.is_some() { batch } else { batch * seq };
+    let mut out = vec![0f32; out_rows * d];
+    if out.is_empty() {
+        return out;
+    }
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..batch * heads).into_par_iter().for_each(|task| {
+        let job = Task {
+            qkv,
+            shape,
+            scale,
+            causal,
+            rows,
+            b: task / heads,
+            h: task % heads,
+            out: &out_ptr,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: AVX-512F is available (asserted above).
+            unsafe { job.run_avx512() };
+            return;
+        }
+        job.run();
+    });
+    out
+}
+
+/// One (sequence, head) pair of [`attention`].
+struct Task<'a> {
+    qkv: &'a [f32],
+    shape: AttentionShape,
+    scale: f32,
+    causal: bool,
+    rows: Option<&'a [usize]>,
+    b: usize,
+    h: usize,
+    out: &'a SendPtr,
+}
+
+impl Task<'_> {
+    /// [`Task::run`] with register-blocked AVX-512 loops for the two products.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn run_avx512(&self) {
+        let AttentionShape {
+            seq,
+            heads,
+            head_dim: hd,
+            ..
+        } = self.shape;
+        let (b, h) = (self.b, self.h);
+        let d = heads * hd;
+        let seq_base = b * seq * 3 * d;
+        let at = |j: usize, part: usize| seq_base + j * 3 * d + part * d + h * hd;
+        // Keys transposed and padded to whole 16-lane blocks (zeros past the sequence).
+        let sp = seq.div_ceil(16) * 16;
+        let mut kt = vec![0f32; hd * sp];
+        for (t, kt_row) in kt.chunks_exact_mut(sp).enumerate() {
+            for (j, k) in kt_row[..seq].iter_mut().enumerate() {
+                *k = self.qkv[at(j, 1) + t];
+            }
+        }
+        let mut scores = vec![0f32; sp];
+        let mut o = vec![0f32; hd];
+        for (i, out_row) in self.queries() {
+            let visible = if self.causal { i + 1 } else { seq };
+            let q = &self.qkv[at(i, 0)..at(i, 0) + hd];
+            // SAFETY: `kt` is hd x sp and `scores` holds sp values, sp >= visible rounded up
+            // to 16; value rows lie inside `qkv` (checked by `attention`).
+            unsafe {
+                x86::scores(q, &kt, sp, visible, self.scale, &mut scores);
+                softmax(&mut scores[..visible]);
+                let v0 = self.qkv.as_ptr().add(at(0, 2));
+                x86::weighted_sum(&scores[..visible], v0, 3 * d, &mut o);
+                std::ptr::copy_nonoverlapping(o.as_ptr(), self.out.0.add(out_row * d + h * hd), hd);
+            }
+        }
+    }
+
+    /// Portable version of [`Task::run_avx512`].
+    fn run(&self) {
+        let AttentionShape {
+            seq,
+            heads,
+            head_dim: hd,
+            ..
+        } = self.shape;
+        let (b, h) = (self.b, self.h);
+        let d = heads * hd;
+        let seq_base = b * seq * 3 * d;
+        let row = |j: usize, part: usize| {
+            let at = seq_base + j * 3 * d + part * d + h * hd;
+            &self.qkv[at..at + hd]
+        };
+        let mut scores = vec![0f32; seq];
+        let mut o = vec![0f32; hd];
+        for (i, out_row) in self.queries() {
+            let visible = if self.causal { i + 1 } else { seq };
+            let q = row(i, 0);
+            for (j, s) in scores[..visible].iter_mut().enumerate() {
+                *s = q.iter().zip(row(j, 1)).map(|(a, b)| a * b).sum::<f32>() * self.scale;
+            }
+            softmax(&mut scores[..visible]);
+            o.fill(0.0);
+            for (j, &p) in scores[..visible].iter().enumerate() {
+                for (acc, &v) in o.iter_mut().zip(row(j, 2)) {
+                    *acc += p * v;
+                }
+            }
+            // SAFETY: task (b, h) alone writes columns h*hd..(h+1)*hd of its query rows, all
+            // inside the output (out_rows * d values).
+            unsafe {
+                std::ptr::copy_nonoverlapping(o.as_ptr(), self.out.0.add(out_row * d + h * hd), hd);
+            }
+        }
+    }
+
+    /// `(query position, output row)` pairs this task computes.
+    fn queries(&self) -> Vec<(usize, usize)> {
+        let seq = self.shape.seq;
+        match self.rows {
+            Some(r) => vec![(r[self.b], self.b)],
+            None => (0..seq).map(|i| (i, self.b * seq + i)).collect(),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// `sc[j] = scale * Σ_t q[t] · kt[t * sp + j]` for `j < n`, 64 keys at a time in registers.
+    ///
+    /// # Safety
+    /// AVX-512F; `kt` holds `q.len() * sp` values and `sc` at least `n` rounded up to 16, which
+    /// must not exceed `sp`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scores(
+        q: &[f32],
+        kt: &[f32],
+        sp: usize,
+        n: usize,
+        scale: f32,
+        sc: &mut [f32],
+    ) {
+        debug_assert!(n.div_ceil(16) * 16 <= sp && kt.len() >= q.len() * sp && sc.len() >= sp);
+        let mut j0 = 0;
+        while j0 < n {
+            match (n - j0).div_ceil(16) {
+                1 => scores_block::<1>(q, kt, sp, j0, scale, sc),
+                2 => scores_block::<2>(q, kt, sp, j0, scale, sc),
+                3 => scores_block::<3>(q, kt, sp, j0, scale, sc),
+                _ => scores_block::<4>(q, kt, sp, j0, scale, sc),
+            }
+            j0 += 64;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn scores_block<const C: usize>(
+        q: &[f32],
+        kt: &[f32],
+        sp: usize,
+        j0: usize,
+        scale: f32,
+        sc: &mut [f32],
+    ) {
+        let mut acc = [_mm512_setzero_ps(); C];
+        let base = kt.as_ptr().add(j0);
+        for (t, &qt) in q.iter().enumerate() {
+            let qv = _mm512_set1_ps(qt);
+            let row = base.add(t * sp);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(row.add(16 * c)), *a);
+            }
+        }
+        let s = _mm512_set1_ps(scale);
+        for (c, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(sc.as_mut_ptr().add(j0 + 16 * c), _mm512_mul_ps(*a, s));
+        }
+    }
+
+    /// `o[t] = Σ_j p[j] · v[j * stride + t]`, 64 values of `o` at a time in registers.
+    ///
+    /// # Safety
+    /// AVX-512F; `v` valid for `p.len()` rows of `o.len()` values, `stride` apart.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weighted_sum(p: &[f32], v: *const f32, stride: usize, o: &mut [f32]) {
+        let hd = o.len();
+        let mut t0 = 0;
+        while t0 < hd {
+            match (hd - t0).div_ceil(16) {
+                1 => sum_block::<1>(p, v, stride, t0, o),
+                2 => sum_block::<2>(p, v, stride, t0, o),
+                3 => sum_block::<3>(p, v, stride, t0, o),
+                _ => sum_block::<4>(p, v, stride, t0, o),
+            }
+            t0 += 64;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn sum_block<const C: usize>(
+        p: &[f32],
+        v: *const f32,
+        stride: usize,
+        t0: usize,
+        o: &mut [f32],
+    ) {
+        let hd = o.len();
+        let masks: [__mmask16; C] = std::array::from_fn(|c| {
+            let left = hd.saturating_sub(t0 + 16 * c).min(16);
+            ((1u32 << left) - 1) as u16
+        });
+        let mut acc = [_mm512_setzero_ps(); C];
+        for (j, &pj) in p.iter().enumerate() {
+            let pv = _mm512_set1_ps(pj);
+            let row = v.add(j * stride + t0);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(masks[c], row.add(16 * c)), *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(o.as_mut_ptr().add(t0 + 16 * c), masks[c], *a);
+        }
+    }
+}
+
+/// In-place softmax: `e^(x - max) / sum`, as candle's `softmax_last_dim` computes it.
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for v in x.iter_mut() {
+        *v -= max;
+    }
+    crate::simd::exp_in_place(x);
+    let sum: f32 = x.iter().sum();
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: used only for the disjoint writes described in `attention`.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
+
+/// [`attention`] as a candle operation on a contiguous f32 `[batch, seq, 3 * heads * head_dim]`
+/// CPU tensor; the result is `[batch, seq, d]`, or `[batch, 1, d]` with `rows`.
+pub struct FusedAttention {
+    /// Attention heads.
+    pub heads: usize,
+    /// `1 / sqrt(head_dim)`.
+    pub scale: f32,
+    /// Whether queries only see earlier keys (the text tower).
+    pub causal: bool,
+    /// One query row per sequence, or `None` for all.
+    pub rows: Option<Vec<usize>>,
+}
+
+impl CustomOp1 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("fused-attention: only f32 is supported")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("fused-attention: input must be contiguous")
+        };
+        let (batch, seq, d3) = layout.shape().dims3()?;
+        if self.heads == 0 || d3 % (3 * self.heads) != 0 {
+            candle_core::bail!(
+                "fused-attention: {d3} values per token for {} heads",
+                self.heads
+            )
+        }
+        let d = d3 / 3;
+        if let Some(r) = &self.rows {
+            if r.len() != batch || r.iter().any(|&p| p >= seq) {
+                candle_core::bail!(
+                    "fused-attention: query rows {r:?} for {batch} sequences of {seq}"
+                )
+            }
+        }
+        let shape = AttentionShape {
+            batch,
+            seq,
+            heads: self.heads,
+            head_dim: d / self.heads,
+        };
+        let out = attention(
+            &data[start..end],
+            shape,
+            self.scale,
+            self.causal,
+            self.rows.as_deref(),
+        );
+        let rows = if self.rows.is_some() { 1 } else { seq };
+        Ok((CpuStorage::F32(out), Shape::from((batch, rows, d))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain f64 attention for one query row.
+    fn reference(
+        qkv: &[f32],
+        s: AttentionShape,
+        scale: f32,
+        causal: bool,
+        b: usize,
+        i: usize,
+    ) -> Vec<f32> {
+        let d = s.heads * s.head_dim;
+        let at = |j: usize, part: usize, h: usize, t: usize| {
+            qkv[((b * s.seq + j) * 3 + part) * d + h * s.head_dim + t] as f64
+        };
+        let mut out = vec![0f32; d];
+        for h in 0..s.heads {
+            let visible = if causal { i + 1 } else { s.seq };
+            let sc: Vec<f64> = (0..visible)
+                .map(|j| {
+                    (0..s.head_dim)
+                        .map(|t| at(i, 0, h, t) * at(j, 1, h, t))
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let max = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = sc.iter().map(|v| (v - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for t in 0..s.head_dim {
+                out[h * s.head_dim + t] = (0..visible)
+                    .map(|j| e[j] / sum * at(j, 2, h, t))
+                    .sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    fn values(len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919 % 1000) as f32 / 250.0) - 2.0)
+            .collect()
+    }
+
+    #[test]
+    fn matches_plain_attention_for_all_rows_and_selected_rows() {
+        for (shape, causal) in [
+            (
+                AttentionShape {
+                    batch: 2,
+                    seq: 50,
+                    heads: 3,
+                    head_dim: 64,
+                },
+                false,
+            ),
+            (
+                AttentionShape {
+                    batch: 2,
+                    seq: 77,
+                    heads: 2,
+                    head_dim: 80,
+                },
+                true,
+            ),
+            (
+                AttentionShape {
+                    batch: 3,
+                    seq: 13,
+                    heads: 4,
+                    head_dim: 8,
+                },
+                true,
+            ),
+            (
+                AttentionShape {
+                    batch: 1,
+                    seq: 1,
+                    heads: 1,
+                    head_dim: 5,
+                },
+                true,
+            ),
+        ] {
+            let qkv = values(shape.batch * shape.seq * 3 * shape.heads * shape.head_dim);
+            let scale = (shape.head_dim as f32).powf(-0.5);
+            let d = shape.heads * shape.head_dim;
+            let rows: Vec<usize> = (0..shape.batch).map(|b| (b * 5) % shape.seq).collect();
+            for simd in [false, simd_available()] {
+                let all = attention_with(&qkv, shape, scale, causal, None, simd);
+                let some = attention_with(&qkv, shape, scale, causal, Some(&rows), simd);
+                for b in 0..shape.batch {
+                    for i in 0..shape.seq {
+                        let want = reference(&qkv, shape, scale, causal, b, i);
+                        let got = &all[(b * shape.seq + i) * d..][..d];
+                        for (g, w) in got.iter().zip(&want) {
+                            assert!((g - w).abs() < 1e-5, "{shape:?} b={b} i={i}: {g} vs {w}");
+                        }
+                        if rows[b] == i {
+                            assert_eq!(&some[b * d..(b + 1) * d], got, "selected row {i} of {b}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
