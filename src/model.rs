@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear};
 
@@ -72,9 +71,21 @@ impl Dense {
 }
 
 /// Where each tensor of a (possibly sharded) checkpoint lives, with its shape and dtype.
+///
+/// The files are memory-mapped; once a tensor has been copied out, its pages are released from
+/// the process (they stay in the page cache), so loading does not hold the file and the model
+/// in memory at the same time.
 pub struct Checkpoint {
-    files: Vec<(PathBuf, MmapedSafetensors)>,
-    index: HashMap<String, (usize, Vec<usize>, safetensors::Dtype)>,
+    files: Vec<(PathBuf, memmap2::Mmap)>,
+    index: HashMap<String, Entry>,
+}
+
+/// One tensor of a checkpoint: its file, shape, dtype and byte range in the file.
+struct Entry {
+    file: usize,
+    shape: Vec<usize>,
+    dtype: safetensors::Dtype,
+    bytes: std::ops::Range<usize>,
 }
 
 impl Checkpoint {
@@ -83,15 +94,36 @@ impl Checkpoint {
         let mut files = Vec::with_capacity(paths.len());
         let mut index = HashMap::new();
         for (i, p) in paths.iter().enumerate() {
-            // SAFETY: the file is mapped read-only; cliplabel does not modify model files while running.
-            let st = unsafe { MmapedSafetensors::new(p) }.map_err(|e| Error::Safetensors {
+            let bad = |message: String| Error::Safetensors {
                 path: p.clone(),
-                message: e.to_string(),
-            })?;
-            for (name, view) in st.tensors() {
-                index.insert(name, (i, view.shape().to_vec(), view.dtype()));
+                message,
+            };
+            let file = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
+            // SAFETY: the file is mapped read-only; cliplabel does not modify model files while
+            // running (a file truncated by another process meanwhile would fault).
+            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(p, e))?;
+            let (header, meta) = safetensors::SafeTensors::read_metadata(&mmap[..])
+                .map_err(|e| bad(e.to_string()))?;
+            let data_start = 8 + header;
+            for (name, info) in meta.tensors() {
+                let (start, end) = info.data_offsets;
+                let bytes = data_start + start..data_start + end;
+                if bytes.end > mmap.len() {
+                    return Err(bad(format!(
+                        "tensor `{name}` lies past the end of the file"
+                    )));
+                }
+                index.insert(
+                    name,
+                    Entry {
+                        file: i,
+                        shape: info.shape.clone(),
+                        dtype: info.dtype,
+                        bytes,
+                    },
+                );
             }
-            files.push((p.clone(), st));
+            files.push((p.clone(), mmap));
         }
         Ok(Checkpoint { files, index })
     }
@@ -110,43 +142,60 @@ impl Checkpoint {
     /// Checks that `name` exists with `shape` and a loadable dtype.
     pub fn check(&self, name: &str, shape: &[usize]) -> Result<()> {
         use safetensors::Dtype as S;
-        let Some((i, found, dtype)) = self.index.get(name) else {
+        let Some(entry) = self.index.get(name) else {
             return Err(Error::MissingTensor {
                 path: self.describe_file(),
                 tensor: name.to_string(),
             });
         };
-        let path = self.files[*i].0.clone();
-        if found.as_slice() != shape {
+        let path = self.files[entry.file].0.clone();
+        if entry.shape.as_slice() != shape {
             return Err(Error::TensorShape {
                 path,
                 tensor: name.to_string(),
                 expected: shape.to_vec(),
-                found: found.clone(),
+                found: entry.shape.clone(),
             });
         }
-        if !matches!(dtype, S::F32 | S::F16 | S::BF16 | S::F64) {
+        if !matches!(entry.dtype, S::F32 | S::F16 | S::BF16 | S::F64) {
             return Err(Error::TensorDtype {
                 path,
                 tensor: name.to_string(),
-                dtype: format!("{dtype:?}"),
+                dtype: format!("{:?}", entry.dtype),
             });
         }
         Ok(())
     }
 
-    /// Loads a checked tensor as f32 on `device`.
+    /// Loads a checked tensor as f32 on `device`, then releases its pages of the mapping.
     pub fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
-        let (i, _, _) = self.index.get(name).ok_or_else(|| Error::MissingTensor {
+        use safetensors::Dtype as S;
+        let entry = self.index.get(name).ok_or_else(|| Error::MissingTensor {
             path: self.describe_file(),
             tensor: name.to_string(),
         })?;
-        let (path, st) = &self.files[*i];
-        let t = st.load(name, device).map_err(|e| Error::Safetensors {
-            path: path.clone(),
-            message: format!("tensor `{name}`: {e}"),
-        })?;
-        Ok(t.to_dtype(DType::F32)?)
+        let (path, mmap) = &self.files[entry.file];
+        let dtype = match entry.dtype {
+            S::F32 => DType::F32,
+            S::F16 => DType::F16,
+            S::BF16 => DType::BF16,
+            S::F64 => DType::F64,
+            other => {
+                return Err(Error::TensorDtype {
+                    path: path.clone(),
+                    tensor: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        let t = Tensor::from_raw_buffer(&mmap[entry.bytes.clone()], dtype, &entry.shape, device)
+            .map_err(|e| Error::Safetensors {
+                path: path.clone(),
+                message: format!("tensor `{name}`: {e}"),
+            })?
+            .to_dtype(DType::F32)?;
+        release(mmap, entry.bytes.clone());
+        Ok(t)
     }
 
     /// Whether the checkpoint stores any tensor in half precision.
@@ -154,8 +203,30 @@ impl Checkpoint {
         use safetensors::Dtype as S;
         self.index
             .values()
-            .any(|(_, _, d)| matches!(d, S::F16 | S::BF16))
+            .any(|e| matches!(e.dtype, S::F16 | S::BF16))
     }
+}
+
+/// Drops the pages of `bytes` from the process's resident memory. The mapping is read-only and
+/// backed by the file, so a later read faults them in again; failure only costs memory.
+fn release(mmap: &memmap2::Mmap, bytes: std::ops::Range<usize>) {
+    #[cfg(unix)]
+    {
+        const PAGE: usize = 4096;
+        let start = bytes.start / PAGE * PAGE;
+        let end = bytes.end.div_ceil(PAGE) * PAGE;
+        let end = end.min(mmap.len());
+        if end > start {
+            // SAFETY: DONTNEED on a private read-only file mapping discards nothing that cannot
+            // be re-read from the file; no references into these pages outlive this call
+            // (`load` has copied the tensor out).
+            let _ = unsafe {
+                mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (mmap, bytes);
 }
 
 /// The list of `(tensor name, shape)` a CLIP checkpoint must contain for `cfg`.
