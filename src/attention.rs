@@ -21,20 +21,62 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
+/// Which query rows of each sequence an attention call computes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Queries {
+    /// Every row: the result has `seq` rows per sequence.
+    All,
+    /// Rows `p..seq` (the rows after a shared prefix): `seq - p` rows per sequence.
+    From(usize),
+    /// Row `rows[i]` of sequence `i` only: one row per sequence.
+    Rows(Vec<usize>),
+}
+
+impl Queries {
+    /// Result rows per sequence for sequences of `seq` tokens.
+    pub fn per_sequence(&self, seq: usize) -> usize {
+        match self {
+            Queries::All => seq,
+            Queries::From(p) => seq.saturating_sub(*p),
+            Queries::Rows(_) => 1,
+        }
+    }
+
+    /// `(query position, result row)` pairs for sequence `b` of `seq` tokens.
+    fn of_sequence(&self, b: usize, seq: usize) -> Vec<(usize, usize)> {
+        match self {
+            Queries::All => (0..seq).map(|i| (i, b * seq + i)).collect(),
+            Queries::From(p) => (*p..seq).map(|i| (i, b * (seq - p) + i - p)).collect(),
+            Queries::Rows(r) => vec![(r[b], b)],
+        }
+    }
+
+    /// Checks the queries against `batch` sequences of `seq` tokens.
+    fn check(&self, batch: usize, seq: usize) -> Result<(), String> {
+        match self {
+            Queries::All => Ok(()),
+            Queries::From(p) if *p < seq => Ok(()),
+            Queries::From(p) => Err(format!("queries from row {p} of {seq}")),
+            Queries::Rows(r) if r.len() == batch && r.iter().all(|&p| p < seq) => Ok(()),
+            Queries::Rows(r) => Err(format!("query rows {r:?} for {batch} sequences of {seq}")),
+        }
+    }
+}
+
 /// Softmax attention over a fused QKV tensor laid out `[batch, seq, 3, heads, head_dim]`
 /// (queries, then keys, then values of every head, as the fused projection writes them).
 ///
-/// With `rows`, only query row `rows[i]` of sequence `i` is computed and the result is
-/// `[batch, heads * head_dim]`; otherwise every row is, `[batch * seq, heads * head_dim]`.
-/// `causal` lets a query see only keys at or before its own position.
+/// The result holds the rows chosen by `queries`, sequence by sequence:
+/// `[batch * queries.per_sequence(seq), heads * head_dim]`. `causal` lets a query see only keys
+/// at or before its own position.
 pub fn attention(
     qkv: &[f32],
     shape: AttentionShape,
     scale: f32,
     causal: bool,
-    rows: Option<&[usize]>,
+    queries: &Queries,
 ) -> Vec<f32> {
-    attention_with(qkv, shape, scale, causal, rows, simd_available())
+    attention_with(qkv, shape, scale, causal, queries, simd_available())
 }
 
 fn simd_available() -> bool {
@@ -54,7 +96,7 @@ fn attention_with(
     shape: AttentionShape,
     scale: f32,
     causal: bool,
-    rows: Option<&[usize]>,
+    queries: &Queries,
     simd: bool,
 ) -> Vec<f32> {
     assert!(
@@ -73,14 +115,10 @@ fn attention_with(
         batch * seq * 3 * d,
         "qkv must be [batch, seq, 3, heads, head_dim]"
     );
-    if let Some(r) = rows {
-        assert_eq!(r.len(), batch, "one query row per sequence");
-        assert!(
-            r.iter().all(|&p| p < seq),
-            "query rows must lie inside the sequence"
-        );
+    if let Err(e) = queries.check(batch, seq) {
+        panic!("{e}");
     }
-    let out_rows = if rows.is_some() { batch } else { batch * seq };
+    let out_rows = batch * queries.per_sequence(seq);
     let mut out = vec![0f32; out_rows * d];
     if out.is_empty() {
         return out;
@@ -92,7 +130,7 @@ fn attention_with(
             shape,
             scale,
             causal,
-            rows,
+            queries,
             b: task / heads,
             h: task % heads,
             out: &out_ptr,
@@ -114,7 +152,7 @@ struct Task<'a> {
     shape: AttentionShape,
     scale: f32,
     causal: bool,
-    rows: Option<&'a [usize]>,
+    queries: &'a Queries,
     b: usize,
     h: usize,
     out: &'a SendPtr,
@@ -200,11 +238,7 @@ impl Task<'_> {
 
     /// `(query position, output row)` pairs this task computes.
     fn queries(&self) -> Vec<(usize, usize)> {
-        let seq = self.shape.seq;
-        match self.rows {
-            Some(r) => vec![(r[self.b], self.b)],
-            None => (0..seq).map(|i| (i, self.b * seq + i)).collect(),
-        }
+        self.queries.of_sequence(self.b, self.shape.seq)
     }
 }
 
@@ -328,7 +362,7 @@ unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
 
 /// [`attention`] as a candle operation on a contiguous f32 `[batch, seq, 3 * heads * head_dim]`
-/// CPU tensor; the result is `[batch, seq, d]`, or `[batch, 1, d]` with `rows`.
+/// CPU tensor; the result is `[batch, queries.per_sequence(seq), d]`.
 pub struct FusedAttention {
     /// Attention heads.
     pub heads: usize,
@@ -336,8 +370,8 @@ pub struct FusedAttention {
     pub scale: f32,
     /// Whether queries only see earlier keys (the text tower).
     pub causal: bool,
-    /// One query row per sequence, or `None` for all.
-    pub rows: Option<Vec<usize>>,
+    /// The query rows computed.
+    pub queries: Queries,
 }
 
 impl CustomOp1 for FusedAttention {
@@ -364,12 +398,8 @@ impl CustomOp1 for FusedAttention {
             )
         }
         let d = d3 / 3;
-        if let Some(r) = &self.rows {
-            if r.len() != batch || r.iter().any(|&p| p >= seq) {
-                candle_core::bail!(
-                    "fused-attention: query rows {r:?} for {batch} sequences of {seq}"
-                )
-            }
+        if let Err(e) = self.queries.check(batch, seq) {
+            candle_core::bail!("fused-attention: {e}")
         }
         let shape = AttentionShape {
             batch,
@@ -382,9 +412,9 @@ impl CustomOp1 for FusedAttention {
             shape,
             self.scale,
             self.causal,
-            self.rows.as_deref(),
+            &self.queries,
         );
-        let rows = if self.rows.is_some() { 1 } else { seq };
+        let rows = self.queries.per_sequence(seq);
         Ok((CpuStorage::F32(out), Shape::from((batch, rows, d))))
     }
 }
@@ -480,8 +510,11 @@ mod tests {
             let d = shape.heads * shape.head_dim;
             let rows: Vec<usize> = (0..shape.batch).map(|b| (b * 5) % shape.seq).collect();
             for simd in [false, simd_available()] {
-                let all = attention_with(&qkv, shape, scale, causal, None, simd);
-                let some = attention_with(&qkv, shape, scale, causal, Some(&rows), simd);
+                let all = attention_with(&qkv, shape, scale, causal, &Queries::All, simd);
+                let picked = Queries::Rows(rows.clone());
+                let some = attention_with(&qkv, shape, scale, causal, &picked, simd);
+                let p = shape.seq / 2;
+                let tail = attention_with(&qkv, shape, scale, causal, &Queries::From(p), simd);
                 for b in 0..shape.batch {
                     for i in 0..shape.seq {
                         let want = reference(&qkv, shape, scale, causal, b, i);
@@ -491,6 +524,10 @@ mod tests {
                         }
                         if rows[b] == i {
                             assert_eq!(&some[b * d..(b + 1) * d], got, "selected row {i} of {b}");
+                        }
+                        if i >= p {
+                            let r = b * (shape.seq - p) + i - p;
+                            assert_eq!(&tail[r * d..(r + 1) * d], got, "row {i} of {b} after {p}");
                         }
                     }
                 }

@@ -81,6 +81,58 @@ fn fingerprint(files: &ModelFiles) -> Result<String> {
     Ok(format!("{h:016x}"))
 }
 
+/// Fewest prompts worth computing a shared prefix once for.
+const MIN_PREFIX_GROUP: usize = 16;
+/// Shortest shared prefix (start token included) worth computing once.
+const MIN_PREFIX_TOKENS: usize = 3;
+
+/// Splits token sequences into groups that share a prefix: `(prefix length, members)`.
+///
+/// Each sequence gets the longest prefix it shares with at least `min_group - 1` others
+/// (found among its neighbours in sorted order); sequences with the same such prefix form a
+/// group. Inputs with fewer than `min_group` sequences form one group with prefix length 0.
+fn prefix_groups(encoded: &[Vec<u32>], min_group: usize) -> Vec<(usize, Vec<usize>)> {
+    let n = encoded.len();
+    if n < min_group.max(2) {
+        return vec![(0, (0..n).collect())];
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| encoded[a].cmp(&encoded[b]).then(a.cmp(&b)));
+    let lcp = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    // common[r] = prefix shared by sorted entries r - 1 and r.
+    let common: Vec<usize> = (0..n)
+        .map(|r| {
+            if r == 0 {
+                0
+            } else {
+                lcp(&encoded[order[r - 1]], &encoded[order[r]])
+            }
+        })
+        .collect();
+    // Shared prefix of each window of `min_group` consecutive sorted entries.
+    let windows: Vec<usize> = (0..=n - min_group)
+        .map(|a| {
+            common[a + 1..a + min_group]
+                .iter()
+                .copied()
+                .min()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut groups: std::collections::BTreeMap<(usize, usize), (usize, Vec<usize>)> =
+        std::collections::BTreeMap::new();
+    let mut keys: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
+    for (r, &i) in order.iter().enumerate() {
+        let first = r.saturating_sub(min_group - 1);
+        let last = r.min(n - min_group);
+        let p = windows[first..=last].iter().copied().max().unwrap_or(0);
+        let next = keys.len();
+        let id = *keys.entry(&encoded[i][..p]).or_insert(next);
+        groups.entry((id, p)).or_insert((p, Vec::new())).1.push(i);
+    }
+    groups.into_values().collect()
+}
+
 impl Engine {
     /// Resolves `--model` (a directory or hub id) and loads everything on `device`.
     pub fn load(spec: &str, device: &Device) -> Result<Self> {
@@ -141,8 +193,12 @@ impl Engine {
         }
     }
 
-    /// Embeds prompts in batches, each padded only to its longest prompt (prompts are sorted by
-    /// length first); rows come back in the input order.
+    /// Embeds prompts in batches; rows come back in the input order.
+    ///
+    /// Prompts that share their first tokens with many others (as a template's prompts do
+    /// across class names) are batched together and their shared tokens are computed once
+    /// per batch, which the causal text transformer allows; the rest are sorted by length and
+    /// each batch is padded only to its longest prompt.
     pub fn embed_texts(&self, prompts: &[String], batch_size: usize) -> Result<Tensor> {
         let dev = self.model.device();
         if prompts.is_empty() {
@@ -156,20 +212,56 @@ impl Engine {
             .iter()
             .map(|p| self.tokenizer.encode(p))
             .collect::<Result<_>>()?;
-        let mut order: Vec<usize> = (0..prompts.len()).collect();
-        order.sort_by_key(|&i| (encoded[i].len(), i));
+        let pools: Vec<usize> = encoded
+            .iter()
+            .map(|e| self.tokenizer.pool_position(e))
+            .collect();
+        let batch_size = batch_size.max(1);
         let mut rows: Vec<Option<Tensor>> = vec![None; prompts.len()];
-        for chunk in order.chunks(batch_size.max(1)) {
+        let mut plain = Vec::new();
+        for (p, mut members) in prefix_groups(&encoded, MIN_PREFIX_GROUP) {
+            // The pooled token must come after the prefix, and every prompt keep one token.
+            let p = members
+                .iter()
+                .map(|&i| pools[i].min(encoded[i].len() - 1))
+                .fold(p, usize::min);
+            if p < MIN_PREFIX_TOKENS {
+                plain.extend(members);
+                continue;
+            }
+            members.sort_by_key(|&i| (encoded[i].len(), i));
+            let prefix = &encoded[members[0]][..p];
+            for chunk in members.chunks(batch_size) {
+                let len = chunk
+                    .iter()
+                    .map(|&i| encoded[i].len() - p)
+                    .max()
+                    .unwrap_or(1);
+                let mut ids = Vec::with_capacity(chunk.len() * len);
+                for &i in chunk {
+                    let mut e = encoded[i][p..].to_vec();
+                    e.resize(len, self.tokenizer.pad_id());
+                    ids.extend(e);
+                }
+                let ids = Tensor::from_vec(ids, (chunk.len(), len), dev)?;
+                let eos: Vec<usize> = chunk.iter().map(|&i| pools[i]).collect();
+                let feats = self.model.text_features_with_prefix(prefix, &ids, &eos)?;
+                for (j, &i) in chunk.iter().enumerate() {
+                    rows[i] = Some(feats.get(j)?);
+                }
+            }
+        }
+        plain.sort_by_key(|&i| (encoded[i].len(), i));
+        for chunk in plain.chunks(batch_size) {
             let len = chunk.iter().map(|&i| encoded[i].len()).max().unwrap_or(1);
             let mut ids = Vec::with_capacity(chunk.len() * len);
-            let mut pos = Vec::with_capacity(chunk.len());
             for &i in chunk {
                 let mut e = encoded[i].clone();
-                pos.push(self.tokenizer.pool_position(&e));
                 e.resize(len, self.tokenizer.pad_id());
                 ids.extend(e);
             }
             let ids = Tensor::from_vec(ids, (chunk.len(), len), dev)?;
+            let pos: Vec<usize> = chunk.iter().map(|&i| pools[i]).collect();
             let feats = self.model.text_features(&ids, &pos)?;
             for (j, &i) in chunk.iter().enumerate() {
                 rows[i] = Some(feats.get(j)?);
@@ -294,5 +386,98 @@ pub fn error_reason(e: &Error) -> String {
         Error::Image { message, .. } => message.clone(),
         Error::Io { source, .. } => source.to_string(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_groups_find_shared_starts() {
+        // 20 sequences "1 2 3 x" and 20 "1 5 x y", plus 3 loners.
+        let mut seqs: Vec<Vec<u32>> = (0..20).map(|x| vec![1, 2, 3, 100 + x]).collect();
+        seqs.extend((0..20).map(|x| vec![1, 5, 200 + x, 7]));
+        seqs.extend([vec![1, 9], vec![1, 9, 9], vec![1, 8, 8, 8]]);
+        let groups = prefix_groups(&seqs, 16);
+        let mut seen: Vec<usize> = groups.iter().flat_map(|(_, m)| m.clone()).collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            (0..seqs.len()).collect::<Vec<_>>(),
+            "every sequence once"
+        );
+        for (p, members) in &groups {
+            let head = &seqs[members[0]][..*p];
+            assert!(members.iter().all(|&i| seqs[i].starts_with(head)));
+        }
+        let p_of = |i: usize| groups.iter().find(|(_, m)| m.contains(&i)).map(|g| g.0);
+        assert_eq!(p_of(0), Some(3));
+        assert_eq!(p_of(25), Some(2));
+        assert!(p_of(40).unwrap() <= 2);
+        assert_eq!(
+            prefix_groups(&seqs[..5], 16),
+            vec![(0, vec![0, 1, 2, 3, 4])]
+        );
+    }
+
+    /// Batches that share a prefix give what each prompt gives on its own.
+    #[test]
+    fn shared_prefixes_do_not_change_text_embeddings() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
+        let engine = Engine::load(dir.to_str().unwrap(), &Device::Cpu).unwrap();
+        let classes = [
+            "cat",
+            "dog",
+            "tabby cat",
+            "golden retriever",
+            "car",
+            "red car",
+            "truck",
+            "bird",
+            "blue jay",
+            "fish",
+            "great white shark",
+            "tiger shark",
+            "hen",
+            "rooster",
+            "ostrich",
+            "goldfinch",
+            "house finch",
+            "junco",
+            "indigo bunting",
+            "robin",
+        ];
+        let mut prompts: Vec<String> = Vec::new();
+        for t in [
+            "a photo of a {}.",
+            "a blurry photo of the {}.",
+            "{} in the wild",
+        ] {
+            prompts.extend(classes.iter().map(|c| t.replace("{}", c)));
+        }
+        prompts.extend(["hello".to_string(), "".to_string(), "a".to_string()]);
+        let encoded: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| engine.tokenizer.encode(p).unwrap())
+            .collect();
+        let groups = prefix_groups(&encoded, MIN_PREFIX_GROUP);
+        assert!(
+            groups.iter().any(|(p, m)| *p >= 5 && m.len() >= 20),
+            "the templates form prefix groups: {groups:?}"
+        );
+        let together = engine.embed_texts(&prompts, 7).unwrap();
+        for (i, p) in prompts.iter().enumerate() {
+            let alone = engine.embed_texts(std::slice::from_ref(p), 1).unwrap();
+            let d = (together.get(i).unwrap() - alone.get(0).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-5, "{p:?}: {d}");
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear};
 
-use crate::attention::FusedAttention;
+use crate::attention::{FusedAttention, Queries};
 use crate::config::{Activation, ClipConfig, TowerConfig};
 use crate::error::{Error, Result};
 use crate::gemm::{self, Epilogue, PackedWeight};
@@ -357,75 +357,58 @@ impl Attention {
         })
     }
 
-    /// Self-attention over every row of `x` (`[b, s, d]`); `causal` hides later tokens.
-    fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
-        let (b, s, d) = x.dims3()?;
-        let qkv = self.qkv.forward(x)?;
+    /// Attention for the query rows `queries` of a QKV projection `[b, s, 3d]`, with keys and
+    /// values from every row; `causal` hides keys after each query's position. Returns
+    /// `[b, queries.per_sequence(s), d]`.
+    fn attend(&self, qkv: &Tensor, queries: &Queries, causal: bool) -> Result<Tensor> {
         if self.fused {
-            let y = qkv
-                .contiguous()?
-                .apply_op1_no_bwd(&self.fused_op(causal, None))?;
-            return self.out.forward(&y);
+            let op = FusedAttention {
+                heads: self.heads,
+                scale: self.scale as f32,
+                causal,
+                queries: queries.clone(),
+            };
+            return Ok(qkv.contiguous()?.apply_op1_no_bwd(&op)?);
         }
-        let qkv = qkv
-            .reshape((b, s, 3, self.heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?; // (3, b, h, s, hd)
-        let q = (qkv.get(0)?.contiguous()? * self.scale)?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let mut att = q.matmul(&k.t()?)?;
-        if causal {
-            att = att.broadcast_add(&causal_mask(s, x.device())?)?;
-        }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v)?; // (b, h, s, hd)
-        let y = y.transpose(1, 2)?.contiguous()?.reshape((b, s, d))?;
-        self.out.forward(&y)
-    }
-
-    /// Attention output for one query row per sequence, `rows[i]` of sequence `i`, with keys and
-    /// values from every row. Returns `[b, 1, d]`.
-    fn forward_rows(&self, x: &Tensor, rows: &[usize], causal: bool) -> Result<Tensor> {
-        let (b, s, d) = x.dims3()?;
-        let qkv = self.qkv.forward(x)?;
-        if self.fused {
-            let op = self.fused_op(causal, Some(rows.to_vec()));
-            let y = qkv.contiguous()?.apply_op1_no_bwd(&op)?;
-            return self.out.forward(&y);
-        }
-        let q = qkv
-            .reshape((b * s, 3 * d))?
-            .index_select(&row_index(rows, s, x.device())?, 0)?
-            .narrow(1, 0, d)?
-            .reshape((b, 1, self.heads, self.head_dim))?
+        let (b, s, d3) = qkv.dims3()?;
+        let (d, device) = (d3 / 3, qkv.device());
+        let nq = queries.per_sequence(s);
+        let q = match queries {
+            Queries::All => qkv.narrow(2, 0, d)?,
+            Queries::From(p) => qkv.narrow(1, *p, s - p)?.narrow(2, 0, d)?,
+            Queries::Rows(r) => qkv
+                .reshape((b * s, d3))?
+                .index_select(&row_index(r, s, device)?, 0)?
+                .narrow(1, 0, d)?
+                .reshape((b, 1, d))?,
+        };
+        let q = q
+            .reshape((b, nq, self.heads, self.head_dim))?
             .transpose(1, 2)?;
-        let q = (q.contiguous()? * self.scale)?;
+        let q = (q.contiguous()? * self.scale)?; // (b, h, nq, hd)
         let kv = qkv
             .reshape((b, s, 3, self.heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?; // (3, b, h, s, hd)
         let k = kv.get(1)?.contiguous()?;
         let v = kv.get(2)?.contiguous()?;
-        let mut att = q.matmul(&k.t()?)?; // (b, h, 1, s)
+        let mut att = q.matmul(&k.t()?)?; // (b, h, nq, s)
         if causal {
-            let m: Vec<f32> = rows
+            let positions: Vec<Vec<usize>> = match queries {
+                Queries::All => vec![(0..s).collect()],
+                Queries::From(p) => vec![(*p..s).collect()],
+                Queries::Rows(r) => r.iter().map(|&p| vec![p]).collect(),
+            };
+            let m: Vec<f32> = positions
                 .iter()
+                .flatten()
                 .flat_map(|&p| (0..s).map(move |j| if j > p { f32::NEG_INFINITY } else { 0.0 }))
                 .collect();
-            att = att.broadcast_add(&Tensor::from_vec(m, (b, 1, 1, s), x.device())?)?;
+            let mask = Tensor::from_vec(m, (positions.len(), 1, nq, s), device)?;
+            att = att.broadcast_add(&mask)?;
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v)?; // (b, h, 1, hd)
-        let y = y.transpose(1, 2)?.contiguous()?.reshape((b, 1, d))?;
-        self.out.forward(&y)
-    }
-
-    fn fused_op(&self, causal: bool, rows: Option<Vec<usize>>) -> FusedAttention {
-        FusedAttention {
-            heads: self.heads,
-            scale: self.scale as f32,
-            causal,
-            rows,
-        }
+        let y = att.matmul(&v)?; // (b, h, nq, hd)
+        Ok(y.transpose(1, 2)?.contiguous()?.reshape((b, nq, d))?)
     }
 }
 
@@ -448,29 +431,52 @@ struct Layer {
 }
 
 impl Layer {
-    fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
-        let h = self.attn.forward(&self.ln1.forward(x)?, causal)?;
-        let x = (x + h)?;
-        let h = self.fc1.forward_act(&self.ln2.forward(&x)?, self.act)?;
-        let h = self.fc2.forward(&h)?;
-        Ok((x + h)?)
-    }
-
-    /// The layer's output at one row per sequence only, `rows[i]` of sequence `i`, which is all
-    /// a pooled output needs of the last layer. Returns `[b, 1, d]`.
-    fn forward_rows(&self, x: &Tensor, rows: &[usize], causal: bool) -> Result<Tensor> {
+    /// Runs the layer on `x` (`[b, s, d]`), optionally after `prefix`, the QKV projection
+    /// (`[1, p, 3d]`) of tokens shared by every sequence and placed before `x`.
+    ///
+    /// `queries` count positions from the start of the prefix and must lie in `x` (with a
+    /// prefix of `p` tokens: `From(p)` or `Rows` at or after `p`). Returns the output at the
+    /// queried rows and the QKV projection of `x`.
+    fn run(
+        &self,
+        x: &Tensor,
+        prefix: Option<&Tensor>,
+        queries: &Queries,
+        causal: bool,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, s, d) = x.dims3()?;
+        let qkv = self.attn.qkv.forward(&self.ln1.forward(x)?)?;
+        let (all, offset) = match prefix {
+            Some(p) => {
+                let (_, pl, d3) = p.dims3()?;
+                let p = p.broadcast_as((b, pl, d3))?;
+                (Tensor::cat(&[&p, &qkv], 1)?, pl)
+            }
+            None => (qkv.clone(), 0),
+        };
         let h = self
             .attn
-            .forward_rows(&self.ln1.forward(x)?, rows, causal)?;
-        let picked = x
-            .reshape((b * s, d))?
-            .index_select(&row_index(rows, s, x.device())?, 0)?
-            .reshape((b, 1, d))?;
-        let x = (picked + h)?;
+            .out
+            .forward(&self.attn.attend(&all, queries, causal)?)?;
+        let queried = match queries {
+            Queries::All if offset == 0 => x.clone(),
+            Queries::From(p) if *p >= offset => x.narrow(1, p - offset, s + offset - p)?,
+            Queries::Rows(r) if r.iter().all(|&p| p >= offset) => {
+                let rel: Vec<usize> = r.iter().map(|&p| p - offset).collect();
+                x.reshape((b * s, d))?
+                    .index_select(&row_index(&rel, s, x.device())?, 0)?
+                    .reshape((b, 1, d))?
+            }
+            _ => {
+                return Err(Error::Input(format!(
+                    "queries {queries:?} reach into the {offset}-token shared prefix"
+                )))
+            }
+        };
+        let x = (queried + h)?;
         let h = self.fc1.forward_act(&self.ln2.forward(&x)?, self.act)?;
         let h = self.fc2.forward(&h)?;
-        Ok((x + h)?)
+        Ok(((x + h)?, qkv))
     }
 }
 
@@ -508,9 +514,36 @@ impl Encoder {
         };
         let mut x = x.clone();
         for l in init {
-            x = l.forward(&x, causal)?;
+            x = l.run(&x, None, &Queries::All, causal)?.0;
         }
-        Ok(last.forward_rows(&x, rows, causal)?.reshape((b, d))?)
+        let pooled = last.run(&x, None, &Queries::Rows(rows.to_vec()), causal)?.0;
+        Ok(pooled.reshape((b, d))?)
+    }
+
+    /// [`Encoder::forward_pooled`] for causal sequences that all start with the same tokens:
+    /// `prefix` (`[1, p, d]`) is run once, and only `x` (`[b, s, d]`, the rest of each
+    /// sequence) per sequence, attending to the prefix's keys and values. `rows` count from the
+    /// start of the prefix and must lie in `x`.
+    fn forward_pooled_prefixed(
+        &self,
+        prefix: &Tensor,
+        x: &Tensor,
+        rows: &[usize],
+    ) -> Result<Tensor> {
+        let (b, _, d) = x.dims3()?;
+        let p = prefix.dim(1)?;
+        let (mut prefix, mut x) = (prefix.clone(), x.clone());
+        for (i, l) in self.layers.iter().enumerate() {
+            let (next_prefix, prefix_qkv) = l.run(&prefix, None, &Queries::All, true)?;
+            let queries = if i + 1 == self.layers.len() {
+                Queries::Rows(rows.to_vec())
+            } else {
+                Queries::From(p)
+            };
+            x = l.run(&x, Some(&prefix_qkv), &queries, true)?.0;
+            prefix = next_prefix;
+        }
+        Ok(x.reshape((b, d))?)
     }
 }
 
@@ -604,10 +637,63 @@ impl ClipModel {
     /// The text tower's pooled output (after the final layer norm, before the projection).
     pub fn text_pooled(&self, ids: &Tensor, eos_positions: &[usize]) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
-        let ctx = self.config.text.max_position_embeddings;
-        if s > ctx {
+        if eos_positions.len() != b {
             return Err(Error::Input(format!(
-                "token sequence of {s} exceeds the model's context length {ctx}"
+                "{} end-of-text positions for a batch of {b} sequences",
+                eos_positions.len()
+            )));
+        }
+        let x = self.embed_tokens(ids, 0)?;
+        let rows: Vec<usize> = eos_positions.iter().map(|&p| p.min(s - 1)).collect();
+        let x = self.text_encoder.forward_pooled(&x, true, &rows)?;
+        Ok(self.final_ln.forward(&x)?)
+    }
+
+    /// [`ClipModel::text_features`] for sequences that all begin with the tokens `prefix`:
+    /// `suffix` (`[batch, seq]`) holds the rest of each sequence, and `eos_positions` count
+    /// from the start of the prefix. The prefix is computed once for the whole batch; the
+    /// result equals `text_features` on the concatenated ids (up to float rounding).
+    pub fn text_features_with_prefix(
+        &self,
+        prefix: &[u32],
+        suffix: &Tensor,
+        eos_positions: &[usize],
+    ) -> Result<Tensor> {
+        let (b, s) = suffix.dims2()?;
+        let p = prefix.len();
+        if p == 0 {
+            return self.text_features(suffix, eos_positions);
+        }
+        if eos_positions.len() != b || eos_positions.iter().any(|&e| e < p || e >= p + s) {
+            return Err(Error::Input(format!(
+                "end-of-text positions {eos_positions:?} must follow the {p}-token prefix and lie \
+                 within the {s} tokens after it"
+            )));
+        }
+        let prefix_ids = Tensor::new(prefix, &self.device)?.reshape((1, p))?;
+        let prefix_x = self.embed_tokens(&prefix_ids, 0)?;
+        let x = self.embed_tokens(suffix, p)?;
+        let pooled = if self.text_encoder.layers.is_empty() {
+            let rel: Vec<usize> = eos_positions.iter().map(|&e| e - p).collect();
+            let d = self.config.text.tower.hidden_size;
+            x.reshape((b * s, d))?
+                .index_select(&row_index(&rel, s, &self.device)?, 0)?
+        } else {
+            self.text_encoder
+                .forward_pooled_prefixed(&prefix_x, &x, eos_positions)?
+        };
+        self.text_projection
+            .forward(&self.final_ln.forward(&pooled)?)
+    }
+
+    /// Token plus position embeddings for `ids` (`[b, s]`) placed at positions `start..start+s`.
+    fn embed_tokens(&self, ids: &Tensor, start: usize) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let ctx = self.config.text.max_position_embeddings;
+        if start + s > ctx {
+            return Err(Error::Input(format!(
+                "token sequence of {} exceeds the model's context length {ctx}",
+                start + s
             )));
         }
         let d = self.config.text.tower.hidden_size;
@@ -615,16 +701,7 @@ impl ClipModel {
             .token_embedding
             .embedding(&ids.flatten_all()?)?
             .reshape((b, s, d))?;
-        if eos_positions.len() != b {
-            return Err(Error::Input(format!(
-                "{} end-of-text positions for a batch of {b} sequences",
-                eos_positions.len()
-            )));
-        }
-        let x = tok.broadcast_add(&self.text_positions.narrow(0, 0, s)?)?;
-        let rows: Vec<usize> = eos_positions.iter().map(|&p| p.min(s - 1)).collect();
-        let x = self.text_encoder.forward_pooled(&x, true, &rows)?;
-        Ok(self.final_ln.forward(&x)?)
+        Ok(tok.broadcast_add(&self.text_positions.narrow(0, start, s)?)?)
     }
 
     /// Image features for normalised pixels `[batch, 3, size, size]`, as `get_image_features` returns them.
@@ -662,13 +739,6 @@ impl ClipModel {
         let x = self.vision_encoder.forward_pooled(&x, false, &vec![0; b])?;
         Ok(self.post_ln.forward(&x)?)
     }
-}
-
-fn causal_mask(s: usize, device: &Device) -> Result<Tensor> {
-    let m: Vec<f32> = (0..s)
-        .flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Ok(Tensor::from_vec(m, (s, s), device)?)
 }
 
 /// Indices into the flattened `[rows.len() * s]` rows: `i * s + rows[i]`.
@@ -779,6 +849,40 @@ mod tests {
                 &candle.text_features(&ids, &[4, 2]).unwrap(),
             );
             assert!(d < 1e-5, "{dir}: text features differ by {d} (relative)");
+        }
+    }
+
+    /// Sharing a prefix gives the features of the whole sequences, on both kernel paths.
+    #[test]
+    fn shared_prefix_gives_the_same_text_features() {
+        for dir in [
+            "tests/fixtures/tiny-clip",
+            "tests/fixtures/tiny-clip-gelu-f16",
+        ] {
+            for kernels in [Kernels::Auto, Kernels::Candle] {
+                let m = load(dir, kernels);
+                // "<sot> a photo of a" then three different endings, padded with <eot>.
+                let prefix = [49406u32, 320, 1125, 539, 320];
+                let rest = [
+                    [2368u32, 269, 49407, 49407],
+                    [1929, 2368, 269, 49407],
+                    [269, 49407, 49407, 49407],
+                ];
+                let eos = [7usize, 8, 6];
+                let whole: Vec<u32> = rest
+                    .iter()
+                    .flat_map(|r| prefix.iter().chain(r).copied())
+                    .collect();
+                let whole = Tensor::from_vec(whole, (3, 9), &Device::Cpu).unwrap();
+                let want = m.text_features(&whole, &eos).unwrap();
+                let suffix = Tensor::new(&rest, &Device::Cpu).unwrap();
+                let got = m.text_features_with_prefix(&prefix, &suffix, &eos).unwrap();
+                let d = max_diff(&got, &want);
+                assert!(d < 1e-5, "{dir} {kernels:?}: differ by {d} (relative)");
+                // End-of-text inside the prefix is refused.
+                let bad = m.text_features_with_prefix(&prefix, &suffix, &[4, 8, 6]);
+                assert!(matches!(bad, Err(Error::Input(_))), "{dir}");
+            }
         }
     }
 
