@@ -726,7 +726,7 @@ def run_benchmark(args) -> None:
     text_tasks = []
     if "text" in sections:
         text_tasks = [
-            ("text", "cliplabel", "sorted, pad to longest",
+            ("text", "cliplabel", "shared prefixes once, sorted, pad to longest",
              task_cliplabel_text(classes_file, args.text_classes, args.text_batch, threads)),
             ("text", "transformers", "padding=True (longest)",
              task_torch_text("longest", args.text_classes, args.text_batch, threads)),
@@ -810,7 +810,7 @@ def summarise(runs, args, n, bs) -> dict:
             best = max(rows, key=lambda b: rows[b]["images_per_s"])
             out["encoder"][who] = {"by_batch": rows, "best_batch": best}
     # text
-    for who, key in (("cliplabel", "sorted, pad to longest"), ("transformers", "padding=True (longest)"),
+    for who, key in (("cliplabel", "shared prefixes once, sorted, pad to longest"), ("transformers", "padding=True (longest)"),
                      ("transformers", "padding=max_length (77)")):
         rs = pick("text", who, key)
         if rs:
@@ -874,7 +874,7 @@ def render(res, info, args) -> str:
                  f"{fmt(ratio(g(c, 'images_per_s'), g(o, 'images_per_s')), 2)} |")
         L.append(f"| encoder-only peak RSS, MiB | {fmt(g(c, 'peak_rss_mib'), 0)} | {fmt(g(p, 'peak_rss_mib'), 0)} | "
                  f"{fmt(g(o, 'peak_rss_mib'), 0)} | | |")
-    ct = txt.get("cliplabel: sorted, pad to longest")
+    ct = txt.get("cliplabel: shared prefixes once, sorted, pad to longest")
     for key, name in (("transformers: padding=True (longest)", "padding=True"),
                       ("transformers: padding=max_length (77)", "padding=max_length")):
         pt = txt.get(key)
