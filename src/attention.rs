@@ -163,15 +163,8 @@ impl Task<'_> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     fn run_avx512(&self) {
-        let AttentionShape {
-            seq,
-            heads,
-            head_dim: hd,
-            ..
-        } = self.shape;
-        let (b, h) = (self.b, self.h);
-        let d = heads * hd;
-        let seq_base = b * seq * 3 * d;
+        let (seq, hd, d, h) = (self.shape.seq, self.shape.head_dim, self.d(), self.h);
+        let seq_base = self.b * seq * 3 * d;
         let at = |j: usize, part: usize| seq_base + j * 3 * d + part * d + h * hd;
         // Keys transposed and padded to whole 16-lane blocks (zeros past the sequence).
         let sp = seq.div_ceil(16) * 16;
@@ -200,15 +193,8 @@ impl Task<'_> {
 
     /// Portable version of [`Task::run_avx512`].
     fn run(&self) {
-        let AttentionShape {
-            seq,
-            heads,
-            head_dim: hd,
-            ..
-        } = self.shape;
-        let (b, h) = (self.b, self.h);
-        let d = heads * hd;
-        let seq_base = b * seq * 3 * d;
+        let (seq, hd, d, h) = (self.shape.seq, self.shape.head_dim, self.d(), self.h);
+        let seq_base = self.b * seq * 3 * d;
         let row = |j: usize, part: usize| {
             let at = seq_base + j * 3 * d + part * d + h * hd;
             &self.qkv[at..at + hd]
@@ -234,6 +220,11 @@ impl Task<'_> {
                 std::ptr::copy_nonoverlapping(o.as_ptr(), self.out.0.add(out_row * d + h * hd), hd);
             }
         }
+    }
+
+    /// Width of a token's attention output (`heads * head_dim`).
+    fn d(&self) -> usize {
+        self.shape.heads * self.shape.head_dim
     }
 
     /// `(query position, output row)` pairs this task computes.
@@ -384,12 +375,7 @@ impl CustomOp1 for FusedAttention {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("fused-attention: only f32 is supported")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("fused-attention: input must be contiguous")
-        };
+        let data = crate::ops::contiguous_f32(storage, layout, self.name())?;
         let (batch, seq, d3) = layout.shape().dims3()?;
         if self.heads == 0 || d3 % (3 * self.heads) != 0 {
             candle_core::bail!(
@@ -407,13 +393,7 @@ impl CustomOp1 for FusedAttention {
             heads: self.heads,
             head_dim: d / self.heads,
         };
-        let out = attention(
-            &data[start..end],
-            shape,
-            self.scale,
-            self.causal,
-            &self.queries,
-        );
+        let out = attention(data, shape, self.scale, self.causal, &self.queries);
         let rows = self.queries.per_sequence(seq);
         Ok((CpuStorage::F32(out), Shape::from((batch, rows, d))))
     }

@@ -362,12 +362,7 @@ impl CustomOp1 for PackedOp<'_> {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("packed-linear: only f32 is supported")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("packed-linear: input must be contiguous")
-        };
+        let data = crate::ops::contiguous_f32(storage, layout, self.name())?;
         let dims = layout.dims();
         match dims.last() {
             Some(&k) if k == self.weight.k => {}
@@ -378,7 +373,7 @@ impl CustomOp1 for PackedOp<'_> {
             ),
         }
         let m = dims[..dims.len() - 1].iter().product();
-        let out = self.weight.matmul_vec(&data[start..end], m, self.epilogue);
+        let out = self.weight.matmul_vec(data, m, self.epilogue);
         let mut shape = dims.to_vec();
         if let Some(last) = shape.last_mut() {
             *last = self.weight.n;

@@ -792,28 +792,20 @@ mod tests {
         ClipModel::load_with(config, &ckpt, &Device::Cpu, kernels).unwrap()
     }
 
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     /// Largest difference, relative to the largest magnitude in `b` where that exceeds 1.
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let scale = b
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            / scale.max(1.0)
+        max_abs(&(a - b).unwrap()) / max_abs(b).max(1.0)
     }
 
     /// The packed kernels (where this CPU has them) and candle's matmul give the same features,

@@ -7,6 +7,22 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+/// The values of a contiguous f32 CPU tensor, for the fused operations' `cpu_fwd`; `op` names
+/// the operation in the error otherwise.
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: only f32 is supported")
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op}: input must be contiguous")
+    };
+    Ok(&data[start..end])
+}
+
 struct QuickGelu;
 
 #[inline]
@@ -20,13 +36,7 @@ impl CustomOp1 for QuickGelu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("quick-gelu: only f32 is supported")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("quick-gelu: input must be contiguous")
-        };
-        let src = &data[start..end];
+        let src = contiguous_f32(storage, layout, self.name())?;
         let mut out = vec![0f32; src.len()];
         out.par_chunks_mut(4096)
             .zip(src.par_chunks(4096))
