@@ -218,19 +218,26 @@ impl Engine {
             .collect();
         let batch_size = batch_size.max(1);
         let mut rows: Vec<Option<Tensor>> = vec![None; prompts.len()];
-        let mut plain = Vec::new();
-        for (p, mut members) in prefix_groups(&encoded, MIN_PREFIX_GROUP) {
+        // Groups whose shared prefix is too short to pay go together, with no prefix.
+        let mut groups: Vec<(usize, Vec<usize>)> = vec![(0, Vec::new())];
+        for (p, members) in prefix_groups(&encoded, MIN_PREFIX_GROUP) {
             // The pooled token must come after the prefix, and every prompt keep one token.
             let p = members
                 .iter()
                 .map(|&i| pools[i].min(encoded[i].len() - 1))
                 .fold(p, usize::min);
             if p < MIN_PREFIX_TOKENS {
-                plain.extend(members);
-                continue;
+                groups[0].1.extend(members);
+            } else {
+                groups.push((p, members));
             }
+        }
+        for (p, mut members) in groups {
+            let Some(&first) = members.first() else {
+                continue;
+            };
             members.sort_by_key(|&i| (encoded[i].len(), i));
-            let prefix = &encoded[members[0]][..p];
+            let prefix = &encoded[first][..p];
             for chunk in members.chunks(batch_size) {
                 let len = chunk
                     .iter()
@@ -249,22 +256,6 @@ impl Engine {
                 for (j, &i) in chunk.iter().enumerate() {
                     rows[i] = Some(feats.get(j)?);
                 }
-            }
-        }
-        plain.sort_by_key(|&i| (encoded[i].len(), i));
-        for chunk in plain.chunks(batch_size) {
-            let len = chunk.iter().map(|&i| encoded[i].len()).max().unwrap_or(1);
-            let mut ids = Vec::with_capacity(chunk.len() * len);
-            for &i in chunk {
-                let mut e = encoded[i].clone();
-                e.resize(len, self.tokenizer.pad_id());
-                ids.extend(e);
-            }
-            let ids = Tensor::from_vec(ids, (chunk.len(), len), dev)?;
-            let pos: Vec<usize> = chunk.iter().map(|&i| pools[i]).collect();
-            let feats = self.model.text_features(&ids, &pos)?;
-            for (j, &i) in chunk.iter().enumerate() {
-                rows[i] = Some(feats.get(j)?);
             }
         }
         let rows: Vec<Tensor> = rows.into_iter().flatten().collect();
