@@ -12,7 +12,7 @@ use crate::linear_head::{
     choose_alpha, default_alpha_grid, fit, fit_cv, softmax_rows, CvOptions, Dataset, FitOptions,
     LinearHead, Matrix,
 };
-use crate::output::{f32_from_le_bytes, f32_to_le_bytes, write_atomic};
+use crate::output::{f32_to_le_bytes, write_atomic, SafetensorsFile};
 use crate::zeroshot::{normalize_in_place, Scores, ZeroShotClassifier};
 
 /// How a head is trained.
@@ -321,37 +321,23 @@ impl Head {
 
     /// Loads a head file, checking that its tensors agree with its metadata.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let err = |m: String| Error::Safetensors {
-            path: path.to_path_buf(),
-            message: m,
-        };
-        let (_, md) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
-        let meta: HeadMeta = md
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("cliplabel_head"))
-            .ok_or_else(|| err("not a cliplabel head (no `cliplabel_head` metadata)".into()))
+        let file = SafetensorsFile::read(path)?;
+        let meta: HeadMeta = file
+            .meta("cliplabel_head")
+            .ok_or_else(|| file.error("not a cliplabel head (no `cliplabel_head` metadata)".into()))
             .and_then(|s| {
-                serde_json::from_str(s).map_err(|e| err(format!("bad head metadata: {e}")))
+                serde_json::from_str(s).map_err(|e| file.error(format!("bad head metadata: {e}")))
             })?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
-        let w = st.tensor("weight").map_err(|e| err(e.to_string()))?;
-        let b = st.tensor("bias").map_err(|e| err(e.to_string()))?;
+        let (w_shape, w) = file.f32_tensor("weight")?;
+        let (b_shape, b) = file.f32_tensor("bias")?;
         let c = meta.classes.len();
-        if w.shape() != [c, meta.dim] || b.shape() != [c] || w.dtype() != safetensors::Dtype::F32 {
-            return Err(err(format!(
-                "weight {:?} / bias {:?} do not match {c} classes of dimension {}",
-                w.shape(),
-                b.shape(),
+        if w_shape != [c, meta.dim] || b_shape != [c] {
+            return Err(file.error(format!(
+                "weight {w_shape:?} / bias {b_shape:?} do not match {c} classes of dimension {}",
                 meta.dim
             )));
         }
-        let linear = LinearHead::new(
-            Matrix::new(c, meta.dim, f32_from_le_bytes(w.data()))?,
-            f32_from_le_bytes(b.data()),
-        )?;
+        let linear = LinearHead::new(Matrix::new(c, meta.dim, w)?, b)?;
         Ok(Head { linear, meta })
     }
 

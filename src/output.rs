@@ -125,6 +125,56 @@ pub fn write_embeddings(out: &Path, rows: &[f32], sidecar: &EmbeddingsSidecar) -
     write_atomic(out, &data)
 }
 
+/// A small safetensors file read whole (a head, a classifier, embeddings), with errors that
+/// name it.
+pub(crate) struct SafetensorsFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    metadata: std::collections::HashMap<String, String>,
+}
+
+impl SafetensorsFile {
+    /// Reads `path` and its header.
+    pub(crate) fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Safetensors {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            bytes,
+            metadata,
+        })
+    }
+
+    /// The header's free-form metadata entry `key`.
+    pub(crate) fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
+    }
+
+    /// Tensor `name`, which must be f32: its shape and values.
+    pub(crate) fn f32_tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes)
+            .map_err(|e| self.error(e.to_string()))?;
+        let t = st.tensor(name).map_err(|e| self.error(e.to_string()))?;
+        if t.dtype() != safetensors::Dtype::F32 {
+            return Err(self.error(format!("`{name}` is {:?}, not F32", t.dtype())));
+        }
+        Ok((t.shape().to_vec(), f32_from_le_bytes(t.data())))
+    }
+
+    /// An error about this file.
+    pub(crate) fn error(&self, message: String) -> Error {
+        Error::Safetensors {
+            path: self.path.clone(),
+            message,
+        }
+    }
+}
+
 /// Reads an embeddings file written by [`write_embeddings`]: `(rows, dim, sidecar)`.
 pub fn read_embeddings(path: &Path) -> Result<(Vec<f32>, EmbeddingsSidecar)> {
     let side = sidecar_path(path);
@@ -135,28 +185,16 @@ pub fn read_embeddings(path: &Path) -> Result<(Vec<f32>, EmbeddingsSidecar)> {
         path: side.clone(),
         source,
     })?;
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let t = st.tensor("embeddings").map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    if t.dtype() != safetensors::Dtype::F32 || t.shape() != [sidecar.items.len(), sidecar.dim] {
-        return Err(Error::Safetensors {
-            path: path.to_path_buf(),
-            message: format!(
-                "`embeddings` is {:?} {:?}, sidecar says {} x {}",
-                t.dtype(),
-                t.shape(),
-                sidecar.items.len(),
-                sidecar.dim
-            ),
-        });
+    let file = SafetensorsFile::read(path)?;
+    let (shape, values) = file.f32_tensor("embeddings")?;
+    if shape != [sidecar.items.len(), sidecar.dim] {
+        return Err(file.error(format!(
+            "`embeddings` is {shape:?}, sidecar says {} x {}",
+            sidecar.items.len(),
+            sidecar.dim
+        )));
     }
-    Ok((f32_from_le_bytes(t.data()), sidecar))
+    Ok((values, sidecar))
 }
 
 #[cfg(test)]

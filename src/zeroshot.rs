@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::embed::{fnv1a, Engine, FNV_START};
 use crate::error::{Error, Result};
-use crate::output::{f32_from_le_bytes, f32_to_le_bytes, write_atomic};
+use crate::output::{f32_to_le_bytes, write_atomic, SafetensorsFile};
 use crate::prompts::{ClassList, Templates};
 
 /// A class-by-dimension matrix of normalised text embeddings, with the model's logit scale.
@@ -171,32 +171,21 @@ impl ZeroShotClassifier {
 
     /// Loads a classifier written by [`ZeroShotClassifier::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let err = |m: String| Error::Safetensors {
-            path: path.to_path_buf(),
-            message: m,
-        };
-        let (_, meta) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
-        let classes: Vec<String> = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("classes"))
+        let file = SafetensorsFile::read(path)?;
+        let classes: Vec<String> = file
+            .meta("classes")
             .and_then(|c| serde_json::from_str(c).ok())
-            .ok_or_else(|| err("no class names in metadata".into()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
-        let w = st.tensor("weights").map_err(|e| err(e.to_string()))?;
-        let s = st.tensor("logit_scale").map_err(|e| err(e.to_string()))?;
-        let f = f32_from_le_bytes;
-        let shape = w.shape().to_vec();
-        if shape.len() != 2 || shape[0] != classes.len() || s.data().len() != 4 {
-            return Err(err(format!("unexpected shapes {shape:?}")));
+            .ok_or_else(|| file.error("no class names in metadata".into()))?;
+        let (shape, weights) = file.f32_tensor("weights")?;
+        let (_, scale) = file.f32_tensor("logit_scale")?;
+        if shape.len() != 2 || shape[0] != classes.len() || scale.len() != 1 {
+            return Err(file.error(format!("unexpected shapes {shape:?}")));
         }
         Ok(ZeroShotClassifier {
             classes,
-            weights: f(w.data()),
+            weights,
             dim: shape[1],
-            logit_scale: f(s.data())[0],
+            logit_scale: scale[0],
         })
     }
 
