@@ -23,8 +23,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use cliplabel::embed::{Engine, Features};
-use cliplabel::preprocess::Pixels;
+use cliplabel::clip::engine::{Engine, Features};
+use cliplabel::images::preprocess::Pixels;
 
 #[derive(Parser, Debug)]
 #[command(about = "Encoder-only throughput of cliplabel (images or prompts per second)")]
@@ -173,7 +173,7 @@ fn read_lines(path: &PathBuf) -> anyhow::Result<Vec<String>> {
 fn bench_images(engine: &Engine, a: &Args, threads: usize) -> anyhow::Result<serde_json::Value> {
     let size = engine.model.config.vision.image_size;
     // The CLIP mean/std (the values do not affect speed; they keep the inputs realistic).
-    let (mean, std) = (cliplabel::config::CLIP_MEAN, cliplabel::config::CLIP_STD);
+    let (mean, std) = (cliplabel::clip::config::CLIP_MEAN, cliplabel::clip::config::CLIP_STD);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let batch: Vec<Pixels> = (0..a.batch.max(1))
         .map(|_| {

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Module, Tensor};
-use cliplabel::gemm::{self, PackedWeight};
+use cliplabel::clip::kernels::gemm::{self, PackedWeight};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -82,7 +82,7 @@ pub enum Error {
 
     /// A class list, template or prompt file is malformed.
     #[error(transparent)]
-    Prompt(Box<crate::prompts::PromptError>),
+    Prompt(Box<crate::classify::classes::PromptError>),
 
     /// A linear head could not be trained, loaded or applied.
     #[error(transparent)]
@@ -90,7 +90,7 @@ pub enum Error {
 
     /// A comparison report could not be written.
     #[error(transparent)]
-    Report(#[from] crate::report::ReportError),
+    Report(#[from] crate::eval::report::ReportError),
 
     /// An output file exists or cannot be written safely.
     #[error("{path}: {message}")]
@@ -101,8 +101,8 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 }
 
-impl From<crate::prompts::PromptError> for Error {
-    fn from(e: crate::prompts::PromptError) -> Self {
+impl From<crate::classify::classes::PromptError> for Error {
+    fn from(e: crate::classify::classes::PromptError) -> Self {
         Error::Prompt(Box::new(e))
     }
 }

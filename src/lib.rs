@@ -1,39 +1,18 @@
 //! cliplabel labels images with CLIP: zero-shot from text prompts, or with a linear head
 //! trained on frozen CLIP image embeddings, and compares the two on the user's own data.
 //!
-//! The engine ([`model`], [`tokenizer`], [`preprocess`]) reproduces Hugging Face transformers'
+//! The engine ([`clip::model`], [`clip::tokenizer`], [`images::preprocess`]) reproduces Hugging Face transformers'
 //! `CLIPModel`, `CLIPTokenizerFast` and PIL-based CLIP image processor for any CLIP ViT
-//! checkpoint; [`embed`] batches work over it.
+//! checkpoint; [`clip::engine`] batches work over it.
 
-pub mod attention;
-pub mod cache;
-pub mod compare;
-pub mod config;
-pub mod dataset;
-pub mod embed;
+pub mod classify;
+pub mod clip;
 pub mod error;
-pub mod evaluation;
-pub mod gemm;
-pub mod head;
-pub mod hub;
-pub mod inputs;
-pub mod job;
-pub mod jpeg;
-pub mod labels;
+pub mod eval;
+pub mod images;
+pub mod jobs;
 pub mod linear_head;
-pub mod merge;
-pub mod model;
-pub mod ops;
-pub mod organize;
-pub mod output;
-pub mod preprocess;
-pub mod prompts;
-pub mod report;
-pub mod resize;
-pub mod shard;
-pub mod simd;
-pub mod tokenizer;
-pub mod zeroshot;
+pub mod util;
 
 pub use error::{Error, Result};
 

@@ -6,15 +6,15 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use cliplabel::embed::{embed_images, Engine, Features};
+use cliplabel::clip::engine::{embed_images, Engine, Features};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use cliplabel::job::{run_job, JobOptions, RunInfo, Summary};
-use cliplabel::organize::LinkMode;
-use cliplabel::output::{write_embeddings, EmbeddingsSidecar, Failure};
-use cliplabel::prompts::{ClassList, Templates};
-use cliplabel::zeroshot::{Abstention, ZeroShotClassifier};
+use cliplabel::jobs::label::{run_job, JobOptions, RunInfo, Summary};
+use cliplabel::jobs::organize::LinkMode;
+use cliplabel::util::atomic::{write_embeddings, EmbeddingsSidecar, Failure};
+use cliplabel::classify::classes::{ClassList, Templates};
+use cliplabel::classify::zeroshot::{Abstention, ZeroShotClassifier};
 
 #[derive(Parser)]
 #[command(name = "cliplabel", version, about = "Label images with CLIP: zero-shot from text prompts, or with a linear head trained on a few examples.", long_about = None)]
@@ -188,7 +188,7 @@ fn print_summary(s: &Summary, out: &std::path::Path, quiet: bool) {
     if s.failed > 0 {
         eprintln!(
             "failures listed in {}",
-            cliplabel::labels::failed_path(out).display()
+            cliplabel::jobs::writers::failed_path(out).display()
         );
     }
 }
@@ -197,7 +197,7 @@ fn run_label(a: LabelArgs) -> anyhow::Result<ExitCode> {
     let classes = a.classes.class_list()?;
     let templates = a.classes.templates()?;
     let opts = a.output.job_options(a.model.batch_size)?;
-    let paths = cliplabel::inputs::collect_images(&a.output.inputs)?;
+    let paths = cliplabel::images::inputs::collect_images(&a.output.inputs)?;
     let (paths, out) = a
         .shard
         .apply(&a.output.inputs, paths, &opts.out, opts.quiet)?;
@@ -234,7 +234,7 @@ struct ModelArgs {
     batch_size: usize,
     /// Refuse images whose header declares more pixels than this, before decoding them
     /// (Pillow's decompression-bomb limit by default).
-    #[arg(long, default_value_t = cliplabel::preprocess::DEFAULT_MAX_PIXELS, value_name = "N")]
+    #[arg(long, default_value_t = cliplabel::images::preprocess::DEFAULT_MAX_PIXELS, value_name = "N")]
     max_pixels: u64,
 }
 
@@ -307,7 +307,7 @@ fn run_embed(a: EmbedArgs) -> anyhow::Result<ExitCode> {
         if matches!(features, Features::Pooled) {
             anyhow::bail!("--features pooled is only available for images");
         }
-        let prompts = cliplabel::inputs::read_lines(tf)?;
+        let prompts = cliplabel::images::inputs::read_lines(tf)?;
         if prompts.is_empty() {
             anyhow::bail!("{}: no prompts (the file is empty)", tf.display());
         }
@@ -315,7 +315,7 @@ fn run_embed(a: EmbedArgs) -> anyhow::Result<ExitCode> {
         let rows: Vec<f32> = t.flatten_all()?.to_vec1()?;
         (rows, prompts, Vec::new(), "text")
     } else {
-        let paths = cliplabel::inputs::collect_images(&a.inputs)?;
+        let paths = cliplabel::images::inputs::collect_images(&a.inputs)?;
         let paths = {
             let (paths, shard_out) = a.shard.apply(&a.inputs, paths, &a.out, a.quiet)?;
             out = shard_out;
@@ -395,7 +395,7 @@ struct ShardArgs {
     /// join the N shards with `cliplabel merge OUT`.
     #[arg(long, value_name = "I/N", value_parser = parse_shard,
           conflicts_with_all = ["shard_from_env", "shard_count"])]
-    shard: Option<cliplabel::shard::Shard>,
+    shard: Option<cliplabel::jobs::cluster::shard::Shard>,
     /// Take the shard from the Slurm array task: index (SLURM_ARRAY_TASK_ID - MIN) / STEP of
     /// the array's task count. Rerunning one task alone makes a 1-task array: use
     /// --shard-count N instead to allow that.
@@ -412,8 +412,8 @@ struct ShardArgs {
     no_shard: bool,
 }
 
-fn parse_shard(s: &str) -> Result<cliplabel::shard::Shard, String> {
-    cliplabel::shard::Shard::parse(s).map_err(|e| e.to_string())
+fn parse_shard(s: &str) -> Result<cliplabel::jobs::cluster::shard::Shard, String> {
+    cliplabel::jobs::cluster::shard::Shard::parse(s).map_err(|e| e.to_string())
 }
 
 impl ShardArgs {
@@ -430,7 +430,7 @@ impl ShardArgs {
         out: &std::path::Path,
         quiet: bool,
     ) -> anyhow::Result<(Vec<PathBuf>, PathBuf)> {
-        use cliplabel::shard::{unsharded_note, Shard, ShardPlan};
+        use cliplabel::jobs::cluster::shard::{unsharded_note, Shard, ShardPlan};
         let in_slurm_array = std::env::var("SLURM_ARRAY_TASK_ID")
             .is_ok_and(|v| !v.trim().is_empty())
             && unsharded_note(|k| std::env::var(k).ok()).is_some();
@@ -505,7 +505,7 @@ struct MergeArgs {
 }
 
 fn run_merge(a: MergeArgs) -> anyhow::Result<ExitCode> {
-    use cliplabel::merge::{merge, MergeOptions, MergedKind};
+    use cliplabel::jobs::cluster::merge::{merge, MergeOptions, MergedKind};
     let r = merge(
         &a.out,
         &MergeOptions {
@@ -525,7 +525,7 @@ fn run_merge(a: MergeArgs) -> anyhow::Result<ExitCode> {
         if r.failed > 0 && r.kind == MergedKind::Labels {
             eprintln!(
                 "failures listed in {}",
-                cliplabel::labels::failed_path(&r.out).display()
+                cliplabel::jobs::writers::failed_path(&r.out).display()
             );
         }
     }
@@ -576,7 +576,7 @@ impl CacheArgs {
         } else {
             self.cache_dir
                 .clone()
-                .or_else(cliplabel::zeroshot::default_cache_dir)
+                .or_else(cliplabel::classify::zeroshot::default_cache_dir)
         }
     }
 }
@@ -648,12 +648,12 @@ fn write_failures(path: &std::path::Path, failures: &[Failure]) -> anyhow::Resul
         serde_json::to_writer(&mut buf, f)?;
         buf.push(b'\n');
     }
-    cliplabel::output::write_atomic(path, &buf)?;
+    cliplabel::util::atomic::write_atomic(path, &buf)?;
     Ok(())
 }
 
 fn run_fit(a: FitArgs) -> anyhow::Result<ExitCode> {
-    use cliplabel::head::{train, Head, HeadMeta, Method, TrainOptions};
+    use cliplabel::classify::head::{train, Head, HeadMeta, Method, TrainOptions};
     if a.out.exists() && !a.force {
         anyhow::bail!(
             "{}: already exists (pass --force to overwrite it)",
@@ -670,15 +670,15 @@ fn run_fit(a: FitArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--features pooled works only with the plain linear probe (zero-shot weights live in the projected space)");
     }
     let set = match (&a.train, &a.train_csv) {
-        (Some(d), _) => cliplabel::dataset::LabelledSet::from_image_folder(d)?,
-        (None, Some(f)) => cliplabel::dataset::LabelledSet::from_csv(f)?,
+        (Some(d), _) => cliplabel::eval::dataset::LabelledSet::from_image_folder(d)?,
+        (None, Some(f)) => cliplabel::eval::dataset::LabelledSet::from_csv(f)?,
         (None, None) => anyhow::bail!("give --train DIR or --train-csv FILE"),
     };
     let engine = load_engine(&a.model)?;
     let start = std::time::Instant::now();
     let mut cache =
-        cliplabel::cache::EmbeddingCache::open(a.cache.dir().as_deref(), &engine, features)?;
-    let cliplabel::cache::Embeddings {
+        cliplabel::jobs::cache::EmbeddingCache::open(a.cache.dir().as_deref(), &engine, features)?;
+    let cliplabel::jobs::cache::Embeddings {
         rows,
         failures,
         encoded,
@@ -689,7 +689,7 @@ fn run_fit(a: FitArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let dim = engine.dim(features, true);
-    let data = cliplabel::compare::Embedded::new(rows, &set.labels, dim)?;
+    let data = cliplabel::eval::compare::Embedded::new(rows, &set.labels, dim)?;
     let counts = {
         let mut c = vec![0usize; set.classes.len()];
         for &l in &data.labels {
@@ -738,7 +738,7 @@ fn run_fit(a: FitArgs) -> anyhow::Result<ExitCode> {
         },
     };
     head.save(&a.out)?;
-    let failed_path = cliplabel::labels::failed_path(&a.out);
+    let failed_path = cliplabel::jobs::writers::failed_path(&a.out);
     if failures.is_empty() {
         let _ = std::fs::remove_file(&failed_path);
     } else {
@@ -796,9 +796,9 @@ struct PredictArgs {
 }
 
 fn run_predict(a: PredictArgs) -> anyhow::Result<ExitCode> {
-    let head = cliplabel::head::Head::load(&a.head)?;
+    let head = cliplabel::classify::head::Head::load(&a.head)?;
     let opts = a.output.job_options(a.model.batch_size)?;
-    let paths = cliplabel::inputs::collect_images(&a.output.inputs)?;
+    let paths = cliplabel::images::inputs::collect_images(&a.output.inputs)?;
     let (paths, out) = a
         .shard
         .apply(&a.output.inputs, paths, &opts.out, opts.quiet)?;
@@ -810,7 +810,7 @@ fn run_predict(a: PredictArgs) -> anyhow::Result<ExitCode> {
             std::fs::read(&a.head).with_context(|| format!("reading {}", a.head.display()))?;
         format!(
             "{:016x}",
-            cliplabel::embed::fnv1a(&bytes, cliplabel::embed::FNV_START)
+            cliplabel::clip::engine::fnv1a(&bytes, cliplabel::clip::engine::FNV_START)
         )
     };
     let info = RunInfo {
@@ -822,7 +822,7 @@ fn run_predict(a: PredictArgs) -> anyhow::Result<ExitCode> {
         top_k: opts.top_k,
     };
     let mut cache = match a.cache.dir() {
-        Some(d) => Some(cliplabel::cache::EmbeddingCache::open(
+        Some(d) => Some(cliplabel::jobs::cache::EmbeddingCache::open(
             Some(&d),
             &engine,
             head.features(),
@@ -868,7 +868,7 @@ struct CompareArgs {
 }
 
 fn run_compare(a: CompareArgs) -> anyhow::Result<ExitCode> {
-    use cliplabel::compare::{compare, embed_set, CompareOptions};
+    use cliplabel::eval::compare::{compare, embed_set, CompareOptions};
     let shots = a
         .shots
         .iter()
@@ -887,8 +887,8 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<ExitCode> {
             }
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let train_set = cliplabel::dataset::LabelledSet::from_image_folder(&a.train)?;
-    let test_set = cliplabel::dataset::LabelledSet::from_image_folder(&a.test)?;
+    let train_set = cliplabel::eval::dataset::LabelledSet::from_image_folder(&a.train)?;
+    let test_set = cliplabel::eval::dataset::LabelledSet::from_image_folder(&a.test)?;
     let test_labels = test_set.align_to(
         &train_set.classes,
         &format!("test set {}", a.test.display()),
@@ -896,7 +896,7 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&a.report)
         .with_context(|| format!("creating {}", a.report.display()))?;
     let engine = load_engine(&a.model)?;
-    let mut cache = cliplabel::cache::EmbeddingCache::open(
+    let mut cache = cliplabel::jobs::cache::EmbeddingCache::open(
         a.cache.dir().as_deref(),
         &engine,
         Features::Projected,
@@ -932,8 +932,8 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<ExitCode> {
             eprintln!("{m}");
         }
     })?;
-    cliplabel::report::write_report(&a.report, &results)?;
-    println!("{}", cliplabel::report::summary_table(&results));
+    cliplabel::eval::report::write_report(&a.report, &results)?;
+    println!("{}", cliplabel::eval::report::summary_table(&results));
     if !a.quiet {
         eprintln!("report written to {}", a.report.display());
     }

@@ -59,7 +59,7 @@ fn fit_predict_and_refuse_other_models() {
     );
     let failed = std::fs::read_to_string(tmp.path().join("head.safetensors.failed.jsonl")).unwrap();
     assert!(failed.contains("broken.jpg"));
-    let h = cliplabel::head::Head::load(&head).unwrap();
+    let h = cliplabel::classify::head::Head::load(&head).unwrap();
     assert_eq!(h.meta.classes, ["alpha", "beta"]);
     assert_eq!(h.meta.dim, 16);
     assert_eq!(h.meta.cv_folds, 3);
@@ -194,7 +194,7 @@ fn fit_with_a_csv_and_both_combined_methods() {
             ],
         );
         assert!(o.status.success(), "{flag}: {}", stderr(&o));
-        let h = cliplabel::head::Head::load(&head).unwrap();
+        let h = cliplabel::classify::head::Head::load(&head).unwrap();
         assert_eq!(serde_json::to_value(h.meta.method).unwrap(), method);
         assert_eq!(h.meta.templates.as_deref(), Some("imagenet7"));
         if method == "interpolate" {
@@ -246,7 +246,7 @@ fn fit_with_a_csv_and_both_combined_methods() {
     );
     assert!(o.status.success(), "a single C needs no CV: {}", stderr(&o));
     assert_eq!(
-        cliplabel::head::Head::load(&tmp.path().join("h1.safetensors"))
+        cliplabel::classify::head::Head::load(&tmp.path().join("h1.safetensors"))
             .unwrap()
             .meta
             .c,

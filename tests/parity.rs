@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use cliplabel::embed::{Engine, Features};
-use cliplabel::preprocess::{load_rgb, normalize, resize_and_crop, DEFAULT_MAX_PIXELS};
+use cliplabel::clip::engine::{Engine, Features};
+use cliplabel::images::preprocess::{load_rgb, normalize, resize_and_crop, DEFAULT_MAX_PIXELS};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -87,7 +87,7 @@ fn image_file(key: &str) -> PathBuf {
 }
 
 fn is_jpeg(path: &Path) -> bool {
-    cliplabel::jpeg::is_jpeg(&std::fs::read(path).unwrap())
+    cliplabel::images::jpeg::is_jpeg(&std::fs::read(path).unwrap())
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{read_json, ModelFiles};
+use crate::clip::config::{read_json, ModelFiles};
 use crate::error::{Error, Result};
 
 const OPTIONAL_FILES: [&str; 2] = ["preprocessor_config.json", "tokenizer_config.json"];

@@ -7,11 +7,11 @@ use std::sync::mpsc;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use crate::config::{ClipConfig, ModelFiles, PreprocessConfig};
+use crate::clip::config::{ClipConfig, ModelFiles, PreprocessConfig};
 use crate::error::{Error, Result};
-use crate::model::{Checkpoint, ClipModel};
-use crate::preprocess::{self, Pixels, DEFAULT_MAX_PIXELS};
-use crate::tokenizer::ClipTokenizer;
+use crate::clip::model::{Checkpoint, ClipModel};
+use crate::images::preprocess::{self, Pixels, DEFAULT_MAX_PIXELS};
+use crate::clip::tokenizer::ClipTokenizer;
 
 /// Which features to take from a tower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -136,7 +136,7 @@ fn prefix_groups(encoded: &[Vec<u32>], min_group: usize) -> Vec<(usize, Vec<usiz
 impl Engine {
     /// Resolves `--model` (a directory or hub id) and loads everything on `device`.
     pub fn load(spec: &str, device: &Device) -> Result<Self> {
-        let files = crate::hub::resolve_model(spec)?;
+        let files = crate::clip::hub::resolve_model(spec)?;
         Self::from_files(&files, device)
     }
 
@@ -145,7 +145,7 @@ impl Engine {
         let config = ClipConfig::from_file(&files.config)?;
         let preprocess = match &files.preprocessor {
             Some(p) => PreprocessConfig::from_value(
-                &crate::config::read_json(p)?,
+                &crate::clip::config::read_json(p)?,
                 p,
                 config.vision.image_size,
             )?,
@@ -172,7 +172,7 @@ impl Engine {
             &config.text,
         )?;
         let ckpt = Checkpoint::open(&files.weights)?;
-        let model = ClipModel::load_with(config, &ckpt, device, crate::model::Kernels::from_env())?;
+        let model = ClipModel::load_with(config, &ckpt, device, crate::clip::model::Kernels::from_env())?;
         Ok(Engine {
             model,
             tokenizer,

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::embed::{embed_images, Engine, Features};
+use crate::clip::engine::{embed_images, Engine, Features};
 use crate::error::{Error, Result};
-use crate::output::{f32_from_le_bytes, f32_to_le_bytes, write_atomic, Failure};
+use crate::util::atomic::{f32_from_le_bytes, f32_to_le_bytes, write_atomic, Failure};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Entry {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use crate::config::{read_json, TextConfig};
+use crate::clip::config::{read_json, TextConfig};
 use crate::error::{Error, Result};
 
 /// A CLIP tokenizer bound to a model's context length and pooling rule.

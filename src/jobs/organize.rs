@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::embed::{fnv1a, FNV_START};
+use crate::clip::engine::{fnv1a, FNV_START};
 use crate::error::{Error, Result};
-use crate::prompts::safe_dir_name;
+use crate::classify::classes::safe_dir_name;
 
 /// How an image is placed into its label folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,7 +65,7 @@ fn place_one(src: &Path, dest: &Path, mode: LinkMode) -> std::io::Result<()> {
     match mode {
         LinkMode::Copy => {
             // Copy to a temporary name, then hard-link into place so an existing file is never replaced.
-            let tmp = crate::output::temp_path(dest);
+            let tmp = crate::util::atomic::temp_path(dest);
             std::fs::copy(src, &tmp)?;
             let r = std::fs::hard_link(&tmp, dest);
             let _ = std::fs::remove_file(&tmp);

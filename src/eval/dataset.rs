@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::inputs::walk_images;
+use crate::images::inputs::walk_images;
 
 /// Images with their class indices.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,4 +1,4 @@
-//! Merging the shard outputs of one run (see [`crate::shard`]) into the output a single process
+//! Merging the shard outputs of one run (see [`crate::jobs::cluster::shard`]) into the output a single process
 //! would have written, after proving that every input was processed exactly once.
 //!
 //! `merge(OUT)` finds `OUT`'s shards by name (`STEM.shard-I-of-N.EXT` beside `OUT`) and checks:
@@ -18,10 +18,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::job::{run_info_path, RunInfo};
-use crate::labels::{failed_path, Format};
-use crate::output::{read_embeddings, sidecar_path, write_atomic, write_embeddings, Failure};
-use crate::shard::{
+use crate::jobs::label::{run_info_path, RunInfo};
+use crate::jobs::writers::{failed_path, Format};
+use crate::util::atomic::{read_embeddings, sidecar_path, write_atomic, write_embeddings, Failure};
+use crate::jobs::cluster::shard::{
     inputs_digest, manifest_path, parse_output_name, read_manifest, shard_key, Shard, ShardManifest,
 };
 
@@ -257,7 +257,7 @@ fn load_manifests(out: &Path, shards: Vec<(Shard, PathBuf)>) -> Result<Vec<Shard
 
 /// Checks that `inputs` hold exactly the images the shards were run on.
 fn check_inputs(out: &Path, data: &[ShardData], inputs: &[PathBuf]) -> Result<()> {
-    let all = crate::inputs::collect_images(inputs)?;
+    let all = crate::images::inputs::collect_images(inputs)?;
     let digest = inputs_digest(&all, inputs);
     let m = &data[0].manifest;
     if all.len() == m.total && digest == m.inputs_digest {
@@ -702,7 +702,7 @@ fn merge_embeddings(out: &Path, data: &[ShardData]) -> Result<MergeReport> {
         rows.extend(r);
     }
     let n = items.len();
-    let sidecar = crate::output::EmbeddingsSidecar {
+    let sidecar = crate::util::atomic::EmbeddingsSidecar {
         items,
         failed: failures.into_iter().map(|(_, f)| f).collect(),
         ..s0
@@ -722,8 +722,8 @@ fn merge_embeddings(out: &Path, data: &[ShardData]) -> Result<MergeReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::{LabelRow, LabelWriter};
-    use crate::shard::ShardPlan;
+    use crate::jobs::writers::{LabelRow, LabelWriter};
+    use crate::jobs::cluster::shard::ShardPlan;
 
     fn row(p: &str) -> LabelRow {
         LabelRow {
@@ -755,7 +755,7 @@ mod tests {
             let plan = ShardPlan::new(Shard::new(i, n).unwrap(), &roots, paths, &out);
             plan.write_manifest().unwrap();
             let (mut w, _) = LabelWriter::open(&plan.out, 2, false, false).unwrap();
-            let mut fw = crate::labels::FailedWriter::new(&plan.out).unwrap();
+            let mut fw = crate::jobs::writers::FailedWriter::new(&plan.out).unwrap();
             for p in &plan.paths {
                 let s = p.display().to_string();
                 if s.ends_with(fail) {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::output::Failure;
+use crate::util::atomic::Failure;
 
 /// The label written for abstentions.
 pub const UNKNOWN: &str = "unknown";

@@ -9,9 +9,9 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
-use crate::config::{PreprocessConfig, ResizeTo};
+use crate::clip::config::{PreprocessConfig, ResizeTo};
 use crate::error::{Error, Result};
-use crate::resize::{resize, Rgb8};
+use crate::images::resize::{resize, Rgb8};
 
 /// Pillow's decompression-bomb limit (twice `Image.MAX_IMAGE_PIXELS`): larger images are refused.
 pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
@@ -141,13 +141,13 @@ pub(crate) fn check_dimensions(path: &Path, w: u32, h: u32, max_pixels: u64) -> 
 /// declares more than `max_pixels` pixels.
 ///
 /// JPEG files (recognised by their signature, whatever their name) are decoded by
-/// [`crate::jpeg`], whose pixels equal Pillow's; other formats by the `image` crate.
+/// [`crate::images::jpeg`], whose pixels equal Pillow's; other formats by the `image` crate.
 pub fn decode_rgb(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Rgb8> {
     if bytes.is_empty() {
         return Err(image_err(path, "empty file (0 bytes)"));
     }
-    if crate::jpeg::is_jpeg(bytes) {
-        return crate::jpeg::decode_rgb(bytes, path, max_pixels);
+    if crate::images::jpeg::is_jpeg(bytes) {
+        return crate::images::jpeg::decode_rgb(bytes, path, max_pixels);
     }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()

@@ -17,8 +17,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
-use crate::evaluation::{mean_std, Metrics};
-use crate::output::write_atomic;
+use crate::eval::metrics::{mean_std, Metrics};
+use crate::util::atomic::write_atomic;
 
 /// `MethodRun::family` of zero-shot (prompt) classifiers.
 pub const FAMILY_ZERO_SHOT: &str = "zero-shot";
@@ -735,7 +735,7 @@ pub fn summary_table(r: &CompareResults) -> String {
 // The plot.
 
 /// The embedded font, used both to lay out the SVG and to render the PNG.
-static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+static FONT_BYTES: &[u8] = include_bytes!("../../../assets/DejaVuSans.ttf");
 /// The font's family name, as written into the SVG and as fontdb knows it.
 const FONT: &str = "DejaVu Sans";
 /// SVG size in pixels.
@@ -1110,7 +1110,7 @@ fn svg_to_png(svg: &str, scale: f32) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evaluation::evaluate;
+    use crate::eval::metrics::evaluate;
 
     /// Metrics of a classifier that gets `correct[c]` of the `per_class` test images of class
     /// `c` right and mistakes the rest for the next class.

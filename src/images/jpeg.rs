@@ -28,8 +28,8 @@ use std::path::Path;
 use mozjpeg_sys as ffi;
 
 use crate::error::{Error, Result};
-use crate::preprocess::check_dimensions;
-use crate::resize::Rgb8;
+use crate::images::preprocess::check_dimensions;
+use crate::images::resize::Rgb8;
 
 // libjpeg's errors reach us by unwinding through its C frames (mozjpeg-sys compiles them with
 // -fexceptions); with panic = "abort" a corrupt JPEG would abort the whole process instead.

@@ -1,5 +1,5 @@
 //! Splitting one run over many tasks: a Slurm array job or a Kubernetes Indexed Job runs one
-//! shard per task, and [`crate::merge`] joins the shard outputs afterwards.
+//! shard per task, and [`crate::jobs::cluster::merge`] joins the shard outputs afterwards.
 //!
 //! Every task lists the same inputs and keeps the images whose *key* hashes to its shard, so
 //! tasks need not talk to each other. The key is an image's path relative to the input root it
@@ -21,9 +21,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::embed::{fnv1a, FNV_START};
+use crate::clip::engine::{fnv1a, FNV_START};
 use crate::error::{Error, Result};
-use crate::output::write_atomic;
+use crate::util::atomic::write_atomic;
 
 /// One shard of a run: `index` of `count`, 0-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,7 +161,7 @@ impl Shard {
     }
 
     /// The paths of this shard, in their input order. `roots` are the files and directories
-    /// the paths were collected from ([`crate::inputs::collect_images`]'s arguments).
+    /// the paths were collected from ([`crate::images::inputs::collect_images`]'s arguments).
     pub fn select(&self, paths: &[PathBuf], roots: &[PathBuf]) -> Vec<PathBuf> {
         paths
             .iter()

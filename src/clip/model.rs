@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear};
 
-use crate::attention::{FusedAttention, Queries};
-use crate::config::{Activation, ClipConfig, TowerConfig};
+use crate::clip::kernels::attention::{FusedAttention, Queries};
+use crate::clip::config::{Activation, ClipConfig, TowerConfig};
 use crate::error::{Error, Result};
-use crate::gemm::{self, Epilogue, PackedWeight};
+use crate::clip::kernels::gemm::{self, Epilogue, PackedWeight};
 
 /// Which matrix multiply the model's linear layers use on the CPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -414,7 +414,7 @@ impl Attention {
 
 fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
-        Activation::QuickGelu => crate::ops::quick_gelu(x)?,
+        Activation::QuickGelu => crate::clip::kernels::ops::quick_gelu(x)?,
         Activation::Gelu => x.gelu_erf()?,
         Activation::GeluTanh => x.gelu()?,
         Activation::Relu => x.relu()?,
@@ -759,7 +759,7 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 
 /// Reads `config.json` and the checkpoint of a resolved model directory; `CLIPLABEL_KERNELS=candle`
 /// in the environment selects candle's matmul (see [`Kernels`]).
-pub fn load_model(files: &crate::config::ModelFiles, device: &Device) -> Result<ClipModel> {
+pub fn load_model(files: &crate::clip::config::ModelFiles, device: &Device) -> Result<ClipModel> {
     let config = ClipConfig::from_file(&files.config)?;
     let ckpt = Checkpoint::open(&files.weights)?;
     ClipModel::load_with(config, &ckpt, device, Kernels::from_env())

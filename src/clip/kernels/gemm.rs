@@ -256,7 +256,7 @@ unsafe fn dispatch(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{A, NR};
-    use crate::simd::avx512::quick_gelu;
+    use crate::clip::kernels::simd::avx512::quick_gelu;
     use std::arch::x86_64::*;
 
     /// `C[R x cols] (+)= A[R x kc] · B[kc x NR]`, with `A` read in place (rows `row_stride` apart)
@@ -362,7 +362,7 @@ impl CustomOp1 for PackedOp<'_> {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let data = crate::ops::contiguous_f32(storage, layout, self.name())?;
+        let data = crate::clip::kernels::ops::contiguous_f32(storage, layout, self.name())?;
         let dims = layout.dims();
         match dims.last() {
             Some(&k) if k == self.weight.k => {}

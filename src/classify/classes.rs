@@ -35,18 +35,18 @@ use std::path::{Path, PathBuf};
 
 /// Template sets shipped with cliplabel, as `(name, file contents)`, compiled into the binary.
 pub const SHIPPED: &[(&str, &str)] = &[
-    ("photo", include_str!("../prompts/photo.txt")),
-    ("imagenet80", include_str!("../prompts/imagenet80.txt")),
-    ("imagenet7", include_str!("../prompts/imagenet7.txt")),
-    ("satellite", include_str!("../prompts/satellite.txt")),
-    ("textures", include_str!("../prompts/textures.txt")),
-    ("food", include_str!("../prompts/food.txt")),
-    ("pets", include_str!("../prompts/pets.txt")),
-    ("flowers", include_str!("../prompts/flowers.txt")),
-    ("cars", include_str!("../prompts/cars.txt")),
-    ("aircraft", include_str!("../prompts/aircraft.txt")),
-    ("cifar", include_str!("../prompts/cifar.txt")),
-    ("shapes", include_str!("../prompts/shapes.txt")),
+    ("photo", include_str!("../../prompts/photo.txt")),
+    ("imagenet80", include_str!("../../prompts/imagenet80.txt")),
+    ("imagenet7", include_str!("../../prompts/imagenet7.txt")),
+    ("satellite", include_str!("../../prompts/satellite.txt")),
+    ("textures", include_str!("../../prompts/textures.txt")),
+    ("food", include_str!("../../prompts/food.txt")),
+    ("pets", include_str!("../../prompts/pets.txt")),
+    ("flowers", include_str!("../../prompts/flowers.txt")),
+    ("cars", include_str!("../../prompts/cars.txt")),
+    ("aircraft", include_str!("../../prompts/aircraft.txt")),
+    ("cifar", include_str!("../../prompts/cifar.txt")),
+    ("shapes", include_str!("../../prompts/shapes.txt")),
 ];
 
 /// Longest folder name, in bytes, that [`safe_dir_name`] returns.

@@ -1,15 +1,15 @@
 //! `compare`: zero-shot prompts against linear heads trained on k labelled images per class,
 //! and the two combined, evaluated on the user's own test set.
 
-use crate::dataset::LabelledSet;
-use crate::embed::Engine;
+use crate::eval::dataset::LabelledSet;
+use crate::clip::engine::Engine;
 use crate::error::{Error, Result};
-use crate::evaluation::{evaluate, Metrics};
-use crate::head::{train, Method, TrainOptions};
+use crate::eval::metrics::{evaluate, Metrics};
+use crate::classify::head::{train, Method, TrainOptions};
 use crate::linear_head::Matrix;
-use crate::prompts::{ClassList, Templates};
-use crate::report::{CompareResults, MethodRun};
-use crate::zeroshot::{normalize_in_place, ZeroShotClassifier};
+use crate::classify::classes::{ClassList, Templates};
+use crate::eval::report::{CompareResults, MethodRun};
+use crate::classify::zeroshot::{normalize_in_place, ZeroShotClassifier};
 
 /// Settings of a comparison.
 #[derive(Debug, Clone)]
@@ -226,11 +226,11 @@ pub fn compare(
 /// Embeds a labelled set through the cache, reporting failures; returns the usable examples.
 pub fn embed_set(
     engine: &Engine,
-    cache: &mut crate::cache::EmbeddingCache,
+    cache: &mut crate::jobs::cache::EmbeddingCache,
     set: &LabelledSet,
     labels: &[usize],
     batch_size: usize,
-) -> Result<(Embedded, Vec<crate::output::Failure>, usize)> {
+) -> Result<(Embedded, Vec<crate::util::atomic::Failure>, usize)> {
     let e = cache.embed(engine, &set.paths, batch_size)?;
     let dim = engine.model.config.projection_dim;
     Ok((Embedded::new(e.rows, labels, dim)?, e.failures, e.encoded))

@@ -5,15 +5,15 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::embed::{Engine, Features};
+use crate::clip::engine::{Engine, Features};
 use crate::error::{Error, Result};
-use crate::job::Scorer;
+use crate::jobs::label::Scorer;
 use crate::linear_head::{
     choose_alpha, default_alpha_grid, fit, fit_cv, softmax_rows, CvOptions, Dataset, FitOptions,
     LinearHead, Matrix,
 };
-use crate::output::{f32_to_le_bytes, write_atomic, SafetensorsFile};
-use crate::zeroshot::{normalize_in_place, Scores, ZeroShotClassifier};
+use crate::util::atomic::{f32_to_le_bytes, write_atomic, SafetensorsFile};
+use crate::classify::zeroshot::{normalize_in_place, Scores, ZeroShotClassifier};
 
 /// How a head is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -340,7 +340,7 @@ fn softmax(x: &mut [f32]) {
     for v in x.iter_mut() {
         *v -= max;
     }
-    crate::simd::exp_in_place(x);
+    crate::clip::kernels::simd::exp_in_place(x);
     let sum: f32 = x.iter().sum();
     for v in x.iter_mut() {
         *v /= sum;
@@ -375,7 +375,7 @@ impl CustomOp1 for FusedAttention {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let data = crate::ops::contiguous_f32(storage, layout, self.name())?;
+        let data = crate::clip::kernels::ops::contiguous_f32(storage, layout, self.name())?;
         let (batch, seq, d3) = layout.shape().dims3()?;
         if self.heads == 0 || d3 % (3 * self.heads) != 0 {
             candle_core::bail!(

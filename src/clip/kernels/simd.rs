@@ -1,7 +1,7 @@
 //! AVX-512 vector math for the fused CPU kernels: `e^x` and `quick_gelu` on 16 lanes at once.
 //!
-//! Used by [`crate::gemm`] (activation fused into the matrix multiply's stores) and
-//! [`crate::attention`] (softmax); both fall back to scalar code on other CPUs.
+//! Used by [`crate::clip::kernels::gemm`] (activation fused into the matrix multiply's stores) and
+//! [`crate::clip::kernels::attention`] (softmax); both fall back to scalar code on other CPUs.
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {

@@ -1,0 +1,9 @@
+//! cliplabel's own CPU kernels for the transformer: the register-blocked matrix multiply
+//! ([`gemm`]), fused attention ([`attention`]), the AVX-512 vector maths they share ([`simd`]) and
+//! the candle custom ops that call them ([`ops`]). They exist because candle's CPU matmul and
+//! softmax leave speed on the table for CLIP's shapes (see the README's Performance section).
+
+pub mod attention;
+pub mod gemm;
+pub mod ops;
+pub mod simd;

@@ -1,0 +1,4 @@
+//! Small leaves the rest builds on, depending on nothing else in the crate: files that appear
+//! only when complete ([`atomic`]).
+
+pub mod atomic;
