@@ -107,6 +107,16 @@ impl From<crate::classify::classes::PromptError> for Error {
     }
 }
 
+impl From<crate::util::safetensors_io::SafetensorsError> for Error {
+    fn from(e: crate::util::safetensors_io::SafetensorsError) -> Self {
+        use crate::util::safetensors_io::SafetensorsError as S;
+        match e {
+            S::Io { path, source } => Error::Io { path, source },
+            S::Format { path, message } => Error::Safetensors { path, message },
+        }
+    }
+}
+
 /// Shorthand for results carrying [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 

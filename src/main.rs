@@ -6,15 +6,19 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use cliplabel::clip::engine::{embed_images, Engine, Features};
+use cliplabel::clip::engine::{Engine, Features};
+use cliplabel::jobs::pipeline::embed_images;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use cliplabel::classify::classes::ClassList;
+use cliplabel::classify::scores::Abstention;
+use cliplabel::classify::templates::Templates;
+use cliplabel::classify::zeroshot::ZeroShotClassifier;
+use cliplabel::jobs::embed::{write_embeddings, EmbeddingsSidecar};
 use cliplabel::jobs::label::{run_job, JobOptions, RunInfo, Summary};
 use cliplabel::jobs::organize::LinkMode;
-use cliplabel::util::atomic::{write_embeddings, EmbeddingsSidecar, Failure};
-use cliplabel::classify::classes::{ClassList, Templates};
-use cliplabel::classify::zeroshot::{Abstention, ZeroShotClassifier};
+use cliplabel::jobs::writers::Failure;
 
 #[derive(Parser)]
 #[command(name = "cliplabel", version, about = "Label images with CLIP: zero-shot from text prompts, or with a linear head trained on a few examples.", long_about = None)]
@@ -234,7 +238,7 @@ struct ModelArgs {
     batch_size: usize,
     /// Refuse images whose header declares more pixels than this, before decoding them
     /// (Pillow's decompression-bomb limit by default).
-    #[arg(long, default_value_t = cliplabel::images::preprocess::DEFAULT_MAX_PIXELS, value_name = "N")]
+    #[arg(long, default_value_t = cliplabel::images::limits::DEFAULT_MAX_PIXELS, value_name = "N")]
     max_pixels: u64,
 }
 
@@ -810,7 +814,7 @@ fn run_predict(a: PredictArgs) -> anyhow::Result<ExitCode> {
             std::fs::read(&a.head).with_context(|| format!("reading {}", a.head.display()))?;
         format!(
             "{:016x}",
-            cliplabel::clip::engine::fnv1a(&bytes, cliplabel::clip::engine::FNV_START)
+            cliplabel::util::hash::fnv1a(&bytes, cliplabel::util::hash::FNV_START)
         )
     };
     let info = RunInfo {

@@ -5,10 +5,11 @@ mod common;
 use std::path::Path;
 
 use candle_core::Device;
-use cliplabel::clip::engine::Engine;
-use cliplabel::util::atomic::read_embeddings;
-use cliplabel::classify::classes::{ClassList, Templates};
+use cliplabel::classify::classes::ClassList;
+use cliplabel::classify::templates::Templates;
 use cliplabel::classify::zeroshot::ZeroShotClassifier;
+use cliplabel::clip::engine::Engine;
+use cliplabel::jobs::embed::read_embeddings;
 use common::*;
 
 fn embed(tmp: &Path, extra: &[&str]) -> std::process::Output {

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use cliplabel::clip::engine::{Engine, Features};
-use cliplabel::images::preprocess::{load_rgb, normalize, resize_and_crop, DEFAULT_MAX_PIXELS};
+use cliplabel::images::limits::DEFAULT_MAX_PIXELS;
+use cliplabel::images::preprocess::{load_rgb, normalize, resize_and_crop};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use cliplabel::util::atomic::{read_embeddings, write_embeddings};
+use cliplabel::jobs::embed::{read_embeddings, write_embeddings};
 use common::*;
 
 const SCHEDULER_VARS: [&str; 6] = [

@@ -1,19 +1,21 @@
 //! Linear heads on CLIP image embeddings: training (linear probe, zero-shot initialisation,
 //! interpolation with zero-shot), the head file, and scoring new images with it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::classify::scores::{Scorer, Scores};
+use crate::classify::zeroshot::ZeroShotClassifier;
 use crate::clip::engine::{Engine, Features};
 use crate::error::{Error, Result};
-use crate::jobs::label::Scorer;
 use crate::linear_head::{
     choose_alpha, default_alpha_grid, fit, fit_cv, softmax_rows, CvOptions, Dataset, FitOptions,
     LinearHead, Matrix,
 };
-use crate::util::atomic::{f32_to_le_bytes, write_atomic, SafetensorsFile};
-use crate::classify::zeroshot::{normalize_in_place, Scores, ZeroShotClassifier};
+use crate::util::math::l2_normalize;
+use crate::util::safetensors_io::{write_f32, F32Tensor, SafetensorsFile};
 
 /// How a head is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -124,7 +126,7 @@ pub fn normalize_rows(m: &mut Matrix) {
     let cols = m.cols();
     let mut data = std::mem::replace(m, Matrix::zeros(0, cols)).into_vec();
     for r in data.chunks_exact_mut(cols.max(1)) {
-        normalize_in_place(r);
+        l2_normalize(r);
     }
     *m = Matrix::new(data.len() / cols.max(1), cols, data)
         .unwrap_or_else(|_| Matrix::zeros(0, cols));
@@ -301,22 +303,25 @@ impl Head {
             message: m,
         };
         let (c, d) = (self.linear.n_classes(), self.linear.dim());
-        let wb = f32_to_le_bytes(self.linear.weights().as_slice());
-        let bb = f32_to_le_bytes(self.linear.bias());
-        let w = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![c, d], &wb)
-            .map_err(|e| err(e.to_string()))?;
-        let b = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![c], &bb)
-            .map_err(|e| err(e.to_string()))?;
         let meta = serde_json::to_string(&self.meta).map_err(|e| err(e.to_string()))?;
-        let data = safetensors::tensor::serialize(
-            [("weight", w), ("bias", b)],
-            Some(std::collections::HashMap::from([(
-                "cliplabel_head".to_string(),
-                meta,
-            )])),
-        )
-        .map_err(|e| err(e.to_string()))?;
-        write_atomic(path, &data)
+        let tensors = [
+            F32Tensor {
+                name: "weight",
+                shape: vec![c, d],
+                values: self.linear.weights().as_slice(),
+            },
+            F32Tensor {
+                name: "bias",
+                shape: vec![c],
+                values: self.linear.bias(),
+            },
+        ];
+        write_f32(
+            path,
+            &tensors,
+            &BTreeMap::from([("cliplabel_head".to_string(), meta)]),
+        )?;
+        Ok(())
     }
 
     /// Loads a head file, checking that its tensors agree with its metadata.
@@ -332,10 +337,10 @@ impl Head {
         let (b_shape, b) = file.f32_tensor("bias")?;
         let c = meta.classes.len();
         if w_shape != [c, meta.dim] || b_shape != [c] {
-            return Err(file.error(format!(
+            return Err(Error::from(file.error(format!(
                 "weight {w_shape:?} / bias {b_shape:?} do not match {c} classes of dimension {}",
                 meta.dim
-            )));
+            ))));
         }
         let linear = LinearHead::new(Matrix::new(c, meta.dim, w)?, b)?;
         Ok(Head { linear, meta })
@@ -380,7 +385,7 @@ impl Scorer for Head {
         let d = self.meta.dim;
         let mut rows = embeddings.to_vec();
         for r in rows.chunks_exact_mut(d) {
-            normalize_in_place(r);
+            l2_normalize(r);
         }
         let n = rows.len() / d;
         let Ok(x) = Matrix::new(n, d, rows) else {

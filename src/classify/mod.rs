@@ -1,7 +1,10 @@
-//! Turning embeddings into labels: class lists and prompt templates ([`classes`]), the
-//! zero-shot classifier built from them ([`zeroshot`]) and the linear head trained by `fit`
-//! ([`head`]).
+//! Turning embeddings into labels: class lists ([`classes`]) and prompt templates
+//! ([`templates`]), the zero-shot classifier built from them ([`zeroshot`]), the linear head
+//! trained by `fit` ([`head`]), and what every classifier's output becomes ([`scores`]: the
+//! [`scores::Scorer`] trait, top-k and abstention).
 
 pub mod classes;
 pub mod head;
+pub mod scores;
+pub mod templates;
 pub mod zeroshot;

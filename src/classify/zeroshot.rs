@@ -1,12 +1,17 @@
 //! The zero-shot classifier: one L2-normalised text embedding per class, built from prompt
 //! templates as in the CLIP paper (§3.1.4), cached on disk, and scored against image embeddings.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::clip::engine::{fnv1a, Engine, FNV_START};
+use crate::classify::classes::ClassList;
+use crate::classify::scores::{Scorer, Scores};
+use crate::classify::templates::Templates;
+use crate::clip::engine::Engine;
 use crate::error::{Error, Result};
-use crate::util::atomic::{f32_to_le_bytes, write_atomic, SafetensorsFile};
-use crate::classify::classes::{ClassList, Templates};
+use crate::util::hash::{fnv1a, FNV_START};
+use crate::util::math::{l2_normalize, softmax};
+use crate::util::safetensors_io::{write_f32, F32Tensor, SafetensorsFile};
 
 /// A class-by-dimension matrix of normalised text embeddings, with the model's logit scale.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,35 +24,6 @@ pub struct ZeroShotClassifier {
     pub dim: usize,
     /// `exp(logit_scale)` of the model: cosine similarities are multiplied by it before the softmax.
     pub logit_scale: f32,
-}
-
-/// Scores of one image against every class.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Scores {
-    /// Softmax probabilities over classes.
-    pub probs: Vec<f32>,
-    /// Cosine similarity with each class embedding (empty for scorers without one).
-    pub cosines: Vec<f32>,
-}
-
-/// L2-normalises a vector in place (left as is when its norm is zero).
-pub fn normalize_in_place(v: &mut [f32]) {
-    let n = v
-        .iter()
-        .map(|x| (*x as f64) * (*x as f64))
-        .sum::<f64>()
-        .sqrt() as f32;
-    if n > 0.0 {
-        v.iter_mut().for_each(|x| *x /= n);
-    }
-}
-
-/// A numerically stable softmax.
-pub fn softmax(logits: &[f32]) -> Vec<f32> {
-    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f64> = logits.iter().map(|&l| ((l - m) as f64).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.iter().map(|&x| (x / s) as f32).collect()
 }
 
 impl ZeroShotClassifier {
@@ -63,14 +39,14 @@ impl ZeroShotClassifier {
         let mut weights = vec![0f32; classes.len() * dim];
         for (i, row) in rows.chunks_exact(dim).enumerate() {
             let mut r = row.to_vec();
-            normalize_in_place(&mut r);
+            l2_normalize(&mut r);
             let c = class_of[i];
             for (w, x) in weights[c * dim..(c + 1) * dim].iter_mut().zip(&r) {
                 *w += x;
             }
         }
         for c in 0..classes.len() {
-            normalize_in_place(&mut weights[c * dim..(c + 1) * dim]);
+            l2_normalize(&mut weights[c * dim..(c + 1) * dim]);
         }
         ZeroShotClassifier {
             classes,
@@ -148,25 +124,29 @@ impl ZeroShotClassifier {
 
     /// Saves the classifier as safetensors (`weights`, `logit_scale`) with the class names in the metadata.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let wbytes = f32_to_le_bytes(&self.weights);
-        let sbytes = self.logit_scale.to_le_bytes().to_vec();
         let err = |m: String| Error::Output {
             path: path.to_path_buf(),
             message: m,
         };
-        let w = safetensors::tensor::TensorView::new(
-            safetensors::Dtype::F32,
-            vec![self.classes.len(), self.dim],
-            &wbytes,
-        )
-        .map_err(|e| err(e.to_string()))?;
-        let s = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![], &sbytes)
-            .map_err(|e| err(e.to_string()))?;
         let classes = serde_json::to_string(&self.classes).map_err(|e| err(e.to_string()))?;
-        let meta = std::collections::HashMap::from([("classes".to_string(), classes)]);
-        let data = safetensors::tensor::serialize([("weights", w), ("logit_scale", s)], Some(meta))
-            .map_err(|e| err(e.to_string()))?;
-        write_atomic(path, &data)
+        let tensors = [
+            F32Tensor {
+                name: "weights",
+                shape: vec![self.classes.len(), self.dim],
+                values: &self.weights,
+            },
+            F32Tensor {
+                name: "logit_scale",
+                shape: vec![],
+                values: std::slice::from_ref(&self.logit_scale),
+            },
+        ];
+        write_f32(
+            path,
+            &tensors,
+            &BTreeMap::from([("classes".to_string(), classes)]),
+        )?;
+        Ok(())
     }
 
     /// Loads a classifier written by [`ZeroShotClassifier::save`].
@@ -179,7 +159,7 @@ impl ZeroShotClassifier {
         let (shape, weights) = file.f32_tensor("weights")?;
         let (_, scale) = file.f32_tensor("logit_scale")?;
         if shape.len() != 2 || shape[0] != classes.len() || scale.len() != 1 {
-            return Err(file.error(format!("unexpected shapes {shape:?}")));
+            return Err(file.error(format!("unexpected shapes {shape:?}")).into());
         }
         Ok(ZeroShotClassifier {
             classes,
@@ -195,7 +175,7 @@ impl ZeroShotClassifier {
             .chunks_exact(self.dim)
             .map(|row| {
                 let mut x = row.to_vec();
-                normalize_in_place(&mut x);
+                l2_normalize(&mut x);
                 let cosines: Vec<f32> = self
                     .weights
                     .chunks_exact(self.dim)
@@ -211,6 +191,15 @@ impl ZeroShotClassifier {
     }
 }
 
+impl Scorer for ZeroShotClassifier {
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+    fn score(&self, embeddings: &[f32]) -> Vec<Scores> {
+        ZeroShotClassifier::score(self, embeddings)
+    }
+}
+
 /// The default directory for caches: `$CLIPLABEL_CACHE`, else `$XDG_CACHE_HOME/cliplabel`,
 /// else `~/.cache/cliplabel`.
 pub fn default_cache_dir() -> Option<PathBuf> {
@@ -221,33 +210,6 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(d).join("cliplabel"));
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("cliplabel"))
-}
-
-/// The indices and values of the `k` largest entries, largest first (ties: lower index first).
-pub fn top_k(values: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let mut idx: Vec<usize> = (0..values.len()).collect();
-    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
-    idx.into_iter().take(k).map(|i| (i, values[i])).collect()
-}
-
-/// When to abstain: a top-1 probability below `min_score`, or a top-1 minus top-2 margin
-/// below `min_margin`, turns the label into `unknown`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Abstention {
-    /// Minimum top-1 probability.
-    pub min_score: Option<f32>,
-    /// Minimum difference between the top two probabilities.
-    pub min_margin: Option<f32>,
-}
-
-impl Abstention {
-    /// Whether a prediction with these probabilities should be labelled `unknown`.
-    pub fn abstains(&self, probs: &[f32]) -> bool {
-        let top = top_k(probs, 2);
-        let p1 = top.first().map_or(0.0, |t| t.1);
-        let p2 = top.get(1).map_or(0.0, |t| t.1);
-        self.min_score.is_some_and(|m| p1 < m) || self.min_margin.is_some_and(|m| p1 - p2 < m)
-    }
 }
 
 #[cfg(test)]
@@ -275,23 +237,6 @@ mod tests {
         assert!((s.cosines[0] - 0.3 / n).abs() < 1e-6 && (s.cosines[1] - 1.0).abs() < 1e-6);
         let e = (100.0 * (0.3 / n - 1.0) as f64).exp();
         assert!((s.probs[0] as f64 - e / (1.0 + e)).abs() < 1e-6);
-    }
-
-    #[test]
-    fn top_k_and_abstention() {
-        assert_eq!(top_k(&[0.1, 0.6, 0.3], 2), vec![(1, 0.6), (2, 0.3)]);
-        let a = Abstention {
-            min_score: Some(0.5),
-            min_margin: None,
-        };
-        assert!(!a.abstains(&[0.1, 0.6, 0.3]));
-        assert!(a.abstains(&[0.4, 0.35, 0.25]));
-        let m = Abstention {
-            min_score: None,
-            min_margin: Some(0.4),
-        };
-        assert!(m.abstains(&[0.1, 0.6, 0.3]));
-        assert!(!m.abstains(&[0.05, 0.9, 0.05]));
     }
 
     #[test]

@@ -1,17 +1,19 @@
-//! Embedding batches: the loaded model with its tokenizer and image processor, and a bounded
-//! pipeline that decodes and preprocesses images on rayon workers while the model runs.
+//! The engine: a loaded CLIP model with its tokenizer and image processor, which embeds prompts
+//! (batched, with shared prompt prefixes computed once) and preprocessed images. Batching over
+//! many image files is [`crate::jobs::pipeline`]'s.
 
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use rayon::prelude::*;
 
+use crate::clip::checkpoint::Checkpoint;
 use crate::clip::config::{ClipConfig, ModelFiles, PreprocessConfig};
-use crate::error::{Error, Result};
-use crate::clip::model::{Checkpoint, ClipModel};
-use crate::images::preprocess::{self, Pixels, DEFAULT_MAX_PIXELS};
+use crate::clip::model::ClipModel;
 use crate::clip::tokenizer::ClipTokenizer;
+use crate::error::{Error, Result};
+use crate::images::limits::DEFAULT_MAX_PIXELS;
+use crate::images::preprocess::{self, Pixels};
+use crate::util::hash::{fnv1a, FNV_START};
 
 /// Which features to take from a tower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,18 +40,6 @@ pub struct Engine {
     /// Images with more pixels than this are refused before decoding.
     pub max_pixels: u64,
 }
-
-/// FNV-1a, a small stable hash for cache keys (not for security).
-pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-
-/// The FNV-1a offset basis.
-pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// A content fingerprint of a model: its config and, for each weight file, the size and the
 /// first and last MiB. Copies of the same model agree; a different checkpoint differs.
@@ -172,7 +162,12 @@ impl Engine {
             &config.text,
         )?;
         let ckpt = Checkpoint::open(&files.weights)?;
-        let model = ClipModel::load_with(config, &ckpt, device, crate::clip::model::Kernels::from_env())?;
+        let model = ClipModel::load_with(
+            config,
+            &ckpt,
+            device,
+            crate::clip::model::Kernels::from_env(),
+        )?;
         Ok(Engine {
             model,
             tokenizer,
@@ -279,104 +274,6 @@ impl Engine {
     /// Reads, decodes and preprocesses one image file.
     pub fn load_pixels(&self, path: &Path) -> Result<Pixels> {
         preprocess::preprocess_file(path, &self.preprocess, self.max_pixels)
-    }
-}
-
-/// One batch of results from [`embed_images`].
-pub struct ImageBatch {
-    /// The paths that were embedded, in input order.
-    pub ok: Vec<PathBuf>,
-    /// Their embeddings, one row per entry of `ok` (`None` when every image of the batch failed).
-    pub embeddings: Option<Tensor>,
-    /// Paths that failed, with the reason.
-    pub failed: Vec<(PathBuf, String)>,
-}
-
-/// Embeds images in batches, decoding and preprocessing the next batch on rayon workers while
-/// the model runs on the current one (a bounded pipeline: at most two batches of pixels wait).
-/// `on_batch` sees the batches in input order; returning an error stops the run.
-pub fn embed_images<I, F>(
-    engine: &Engine,
-    paths: I,
-    batch_size: usize,
-    features: Features,
-    mut on_batch: F,
-) -> Result<()>
-where
-    I: IntoIterator<Item = PathBuf>,
-    I::IntoIter: Send,
-    F: FnMut(ImageBatch) -> Result<()>,
-{
-    let batch_size = batch_size.max(1);
-    let iter = paths.into_iter();
-    let (tx, rx) = mpsc::sync_channel::<Vec<(PathBuf, Result<Pixels>)>>(1);
-    std::thread::scope(|scope| {
-        let producer = scope.spawn(move || {
-            let mut iter = iter;
-            loop {
-                let chunk: Vec<PathBuf> = iter.by_ref().take(batch_size).collect();
-                if chunk.is_empty() {
-                    break;
-                }
-                let done: Vec<(PathBuf, Result<Pixels>)> = chunk
-                    .into_par_iter()
-                    .map(|p| {
-                        let r = engine.load_pixels(&p);
-                        (p, r)
-                    })
-                    .collect();
-                if tx.send(done).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut result = Ok(());
-        for batch in rx.iter() {
-            let mut ok = Vec::with_capacity(batch.len());
-            let mut pixels = Vec::with_capacity(batch.len());
-            let mut failed = Vec::new();
-            for (p, r) in batch {
-                match r {
-                    Ok(px) => {
-                        ok.push(p);
-                        pixels.push(px);
-                    }
-                    Err(e) => failed.push((p, error_reason(&e))),
-                }
-            }
-            let embeddings = if pixels.is_empty() {
-                None
-            } else {
-                match engine.embed_pixels(&pixels, features) {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                }
-            };
-            drop(pixels);
-            if let Err(e) = on_batch(ImageBatch {
-                ok,
-                embeddings,
-                failed,
-            }) {
-                result = Err(e);
-                break;
-            }
-        }
-        drop(rx);
-        let _ = producer.join();
-        result
-    })
-}
-
-/// The reason text of a per-image failure, without the path (which is reported beside it).
-pub fn error_reason(e: &Error) -> String {
-    match e {
-        Error::Image { message, .. } => message.clone(),
-        Error::Io { source, .. } => source.to_string(),
-        other => other.to_string(),
     }
 }
 

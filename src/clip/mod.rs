@@ -1,8 +1,10 @@
 //! The CLIP model and everything needed to run it: `config.json` and the model files
-//! ([`config`], [`hub`]), the tokenizer, the checkpoint and the text and vision transformers
-//! ([`model`]), and the [`engine`] that ties them to the image preprocessing. [`kernels`] holds
-//! the hand-written CPU kernels the transformers run on.
+//! ([`config`], [`hub`]), the tokenizer ([`tokenizer`]), the checkpoint on disk
+//! ([`checkpoint`]), the text and vision transformers ([`model`]), and the [`engine`] that ties
+//! them to the image preprocessing. [`kernels`] holds the hand-written CPU kernels the
+//! transformers run on.
 
+pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod hub;

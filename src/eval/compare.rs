@@ -1,15 +1,18 @@
 //! `compare`: zero-shot prompts against linear heads trained on k labelled images per class,
 //! and the two combined, evaluated on the user's own test set.
 
-use crate::eval::dataset::LabelledSet;
+use crate::classify::classes::ClassList;
+use crate::classify::head::{train, Method, TrainOptions};
+use crate::classify::templates::Templates;
+use crate::classify::zeroshot::ZeroShotClassifier;
 use crate::clip::engine::Engine;
 use crate::error::{Error, Result};
+use crate::eval::dataset::LabelledSet;
 use crate::eval::metrics::{evaluate, Metrics};
-use crate::classify::head::{train, Method, TrainOptions};
-use crate::linear_head::Matrix;
-use crate::classify::classes::{ClassList, Templates};
 use crate::eval::report::{CompareResults, MethodRun};
-use crate::classify::zeroshot::{normalize_in_place, ZeroShotClassifier};
+use crate::linear_head::Matrix;
+use crate::util::math::l2_normalize;
+use crate::util::rng::SplitMix64;
 
 /// Settings of a comparison.
 #[derive(Debug, Clone)]
@@ -39,7 +42,7 @@ impl Embedded {
         let mut kept = Vec::new();
         for (r, &l) in rows.into_iter().zip(labels) {
             if let Some(mut r) = r {
-                normalize_in_place(&mut r);
+                l2_normalize(&mut r);
                 data.extend(r);
                 kept.push(l);
             }
@@ -58,22 +61,9 @@ impl Embedded {
     }
 }
 
-/// SplitMix64, a small deterministic generator for drawing k-shot subsets.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// Draws up to `k` examples of each class (deterministic for `seed`), in index order.
 pub fn sample_k_shot(labels: &[usize], n_classes: usize, k: usize, seed: u64) -> Vec<usize> {
-    let mut rng = SplitMix(seed ^ 0x5eed_0000_0000_0000);
+    let mut rng = SplitMix64::new(seed ^ 0x5eed_0000_0000_0000);
     let mut out = Vec::new();
     for c in 0..n_classes {
         let mut idx: Vec<usize> = labels
@@ -83,7 +73,7 @@ pub fn sample_k_shot(labels: &[usize], n_classes: usize, k: usize, seed: u64) ->
             .map(|(i, _)| i)
             .collect();
         for i in (1..idx.len()).rev() {
-            let j = (rng.next() % (i as u64 + 1)) as usize;
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             idx.swap(i, j);
         }
         idx.truncate(k);
@@ -230,7 +220,7 @@ pub fn embed_set(
     set: &LabelledSet,
     labels: &[usize],
     batch_size: usize,
-) -> Result<(Embedded, Vec<crate::util::atomic::Failure>, usize)> {
+) -> Result<(Embedded, Vec<crate::jobs::writers::Failure>, usize)> {
     let e = cache.embed(engine, &set.paths, batch_size)?;
     let dim = engine.model.config.projection_dim;
     Ok((Embedded::new(e.rows, labels, dim)?, e.failures, e.encoded))

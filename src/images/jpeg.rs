@@ -28,7 +28,7 @@ use std::path::Path;
 use mozjpeg_sys as ffi;
 
 use crate::error::{Error, Result};
-use crate::images::preprocess::check_dimensions;
+use crate::images::limits::check_dimensions;
 use crate::images::resize::Rgb8;
 
 // libjpeg's errors reach us by unwinding through its C frames (mozjpeg-sys compiles them with

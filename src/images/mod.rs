@@ -1,8 +1,10 @@
-//! Image files to model pixels: finding the images to process ([`inputs`]), decoding
-//! ([`jpeg`] for Pillow-identical JPEG pixels), resizing as Pillow does ([`resize`]) and CLIP's
-//! image preprocessing ([`preprocess`]).
+//! Image files to model pixels: finding the images to process ([`inputs`]), the
+//! decompression-bomb guard every decoder applies ([`limits`]), decoding ([`jpeg`] for
+//! Pillow-identical JPEG pixels; other formats in [`preprocess`]), resizing as Pillow does
+//! ([`resize`]) and CLIP's image preprocessing ([`preprocess`]).
 
 pub mod inputs;
 pub mod jpeg;
+pub mod limits;
 pub mod preprocess;
 pub mod resize;

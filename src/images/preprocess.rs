@@ -11,10 +11,8 @@ use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
 use crate::clip::config::{PreprocessConfig, ResizeTo};
 use crate::error::{Error, Result};
+use crate::images::limits::check_dimensions;
 use crate::images::resize::{resize, Rgb8};
-
-/// Pillow's decompression-bomb limit (twice `Image.MAX_IMAGE_PIXELS`): larger images are refused.
-pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
 
 /// A preprocessed image: `channels * height * width` normalised floats, channel-first.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,24 +115,6 @@ pub fn to_rgb8(img: DynamicImage) -> Rgb8 {
             }
         }
     }
-}
-
-/// The decompression-bomb guard: refuses an image whose header declares no pixels or more
-/// than `max_pixels`, before any pixel is decoded.
-pub(crate) fn check_dimensions(path: &Path, w: u32, h: u32, max_pixels: u64) -> Result<()> {
-    let pixels = w as u64 * h as u64;
-    if pixels == 0 {
-        return Err(image_err(path, format!("image has no pixels ({w}x{h})")));
-    }
-    if pixels > max_pixels {
-        return Err(image_err(
-            path,
-            format!(
-                "image of {w}x{h} = {pixels} pixels exceeds the limit of {max_pixels} (possible decompression bomb; raise --max-pixels to allow it)"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Decodes an image file's bytes to RGB, refusing before decoding any image whose header
@@ -282,6 +262,7 @@ pub fn preprocess_file(path: &Path, cfg: &PreprocessConfig, max_pixels: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::limits::DEFAULT_MAX_PIXELS;
 
     #[test]
     fn resize_target_matches_transformers() {

@@ -2,14 +2,17 @@
 //! `predict` and `compare`. Entries are keyed by each file's absolute path, size and
 //! modification time, so a changed file is encoded again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::clip::engine::{embed_images, Engine, Features};
+use crate::clip::engine::{Engine, Features};
 use crate::error::{Error, Result};
-use crate::util::atomic::{f32_from_le_bytes, f32_to_le_bytes, write_atomic, Failure};
+use crate::jobs::pipeline::embed_images;
+use crate::jobs::writers::Failure;
+use crate::util::atomic::write_atomic;
+use crate::util::safetensors_io::{write_f32, F32Tensor, SafetensorsFile};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Entry {
@@ -92,21 +95,21 @@ impl EmbeddingCache {
         c.files = Some((data.clone(), index.clone()));
         if let (Ok(ib), Ok(db)) = (std::fs::read(&index), std::fs::read(&data)) {
             if let Ok(ix) = serde_json::from_slice::<Index>(&ib) {
-                if let Ok(st) = safetensors::SafeTensors::deserialize(&db) {
-                    if let Ok(t) = st.tensor("embeddings") {
-                        if ix.dim == dim
-                            && ix.model_fingerprint == c.fingerprint
-                            && t.shape() == [ix.entries.len(), dim]
-                        {
-                            c.rows = f32_from_le_bytes(t.data());
-                            c.by_path = ix
-                                .entries
-                                .iter()
-                                .enumerate()
-                                .map(|(i, e)| (e.path.clone(), i))
-                                .collect();
-                            c.entries = ix.entries;
-                        }
+                let tensor =
+                    SafetensorsFile::from_bytes(&data, db).and_then(|f| f.f32_tensor("embeddings"));
+                if let Ok((shape, rows)) = tensor {
+                    if ix.dim == dim
+                        && ix.model_fingerprint == c.fingerprint
+                        && shape == [ix.entries.len(), dim]
+                    {
+                        c.rows = rows;
+                        c.by_path = ix
+                            .entries
+                            .iter()
+                            .enumerate()
+                            .map(|(i, e)| (e.path.clone(), i))
+                            .collect();
+                        c.entries = ix.entries;
                     }
                 }
             }
@@ -223,22 +226,6 @@ impl EmbeddingCache {
         if let Some(dir) = data.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let bytes = f32_to_le_bytes(&self.rows);
-        let view = safetensors::tensor::TensorView::new(
-            safetensors::Dtype::F32,
-            vec![self.entries.len(), self.dim],
-            &bytes,
-        )
-        .map_err(|e| Error::Output {
-            path: data.clone(),
-            message: e.to_string(),
-        })?;
-        let st = safetensors::tensor::serialize([("embeddings", view)], None).map_err(|e| {
-            Error::Output {
-                path: data.clone(),
-                message: e.to_string(),
-            }
-        })?;
         let ix = Index {
             model_fingerprint: self.fingerprint.clone(),
             features: feature_name(self.features).into(),
@@ -249,8 +236,13 @@ impl EmbeddingCache {
             path: index.clone(),
             message: e.to_string(),
         })?;
-        write_atomic(data, &st)?;
-        write_atomic(index, &json)?;
+        let tensor = F32Tensor {
+            name: "embeddings",
+            shape: vec![self.entries.len(), self.dim],
+            values: &self.rows,
+        };
+        write_f32(data, &[tensor], &BTreeMap::new())?;
+        write_atomic(index, &json).map_err(|e| Error::io(index, e))?;
         self.dirty = false;
         Ok(())
     }

@@ -7,34 +7,15 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::cache::EmbeddingCache;
-use crate::clip::engine::{embed_images, Engine, Features};
+use crate::classify::scores::{top_k, Abstention, Scorer, Scores};
+use crate::clip::engine::Engine;
 use crate::error::{Error, Result};
-use crate::jobs::writers::{FailedWriter, LabelRow, LabelWriter, UNKNOWN};
+use crate::jobs::cache::EmbeddingCache;
 use crate::jobs::organize::{place, LinkMode};
-use crate::util::atomic::{write_atomic, Failure};
-use crate::classify::zeroshot::{top_k, Abstention, Scores, ZeroShotClassifier};
-
-/// Anything that turns image embeddings into class probabilities.
-pub trait Scorer: Sync {
-    /// Class labels, in score order.
-    fn classes(&self) -> &[String];
-    /// Scores `n * dim` embedding values.
-    fn score(&self, embeddings: &[f32]) -> Vec<Scores>;
-    /// Which image features the scorer expects.
-    fn features(&self) -> Features {
-        Features::Projected
-    }
-}
-
-impl Scorer for ZeroShotClassifier {
-    fn classes(&self) -> &[String] {
-        &self.classes
-    }
-    fn score(&self, embeddings: &[f32]) -> Vec<Scores> {
-        ZeroShotClassifier::score(self, embeddings)
-    }
-}
+use crate::jobs::pipeline::embed_images;
+use crate::jobs::writers::Failure;
+use crate::jobs::writers::{FailedWriter, LabelRow, LabelWriter, UNKNOWN};
+use crate::util::atomic::write_atomic;
 
 /// Options of a labelling run.
 #[derive(Debug, Clone)]
@@ -248,7 +229,7 @@ pub fn run_job(
         path: info_path.clone(),
         message: e.to_string(),
     })?;
-    write_atomic(&info_path, &json)?;
+    write_atomic(&info_path, &json).map_err(|e| Error::io(&info_path, e))?;
     let mut failed = FailedWriter::new(&opts.out)?;
     let total = paths.len();
     let todo: Vec<PathBuf> = paths

@@ -9,7 +9,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::util::atomic::Failure;
+
+/// One image that could not be processed.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Failure {
+    /// The image path as given or found.
+    pub path: String,
+    /// Why it failed.
+    pub error: String,
+}
 
 /// The label written for abstentions.
 pub const UNKNOWN: &str = "unknown";

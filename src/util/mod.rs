@@ -1,4 +1,10 @@
-//! Small leaves the rest builds on, depending on nothing else in the crate: files that appear
-//! only when complete ([`atomic`]).
+//! Small leaves the rest builds on, depending on nothing else in the crate but its error type:
+//! the one stable hash ([`hash`]), the one seeded generator ([`rng`]), files that appear only
+//! when complete ([`atomic`]), the reader and writer of small safetensors files
+//! ([`safetensors_io`]) and the shared vector maths ([`math`]: L2 normalisation, softmax).
 
 pub mod atomic;
+pub mod hash;
+pub mod math;
+pub mod rng;
+pub mod safetensors_io;

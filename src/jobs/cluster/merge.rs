@@ -18,12 +18,14 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::jobs::label::{run_info_path, RunInfo};
-use crate::jobs::writers::{failed_path, Format};
-use crate::util::atomic::{read_embeddings, sidecar_path, write_atomic, write_embeddings, Failure};
 use crate::jobs::cluster::shard::{
     inputs_digest, manifest_path, parse_output_name, read_manifest, shard_key, Shard, ShardManifest,
 };
+use crate::jobs::embed::{read_embeddings, sidecar_path, write_embeddings};
+use crate::jobs::label::{run_info_path, RunInfo};
+use crate::jobs::writers::Failure;
+use crate::jobs::writers::{failed_path, Format};
+use crate::util::atomic::write_atomic;
 
 /// Options of [`merge`].
 #[derive(Debug, Clone, Default)]
@@ -609,16 +611,17 @@ fn merge_labels(out: &Path, data: &[ShardData]) -> Result<MergeReport> {
         failed_body.push(b'\n');
     }
     // The run description and failures first, so that a complete OUT always has its companions.
-    write_atomic(&run_info_path(out), &infos[0].0)?;
+    let info_path = run_info_path(out);
+    write_atomic(&info_path, &infos[0].0).map_err(|e| Error::io(&info_path, e))?;
     let fp = failed_path(out);
     if failures.is_empty() {
         if fp.exists() {
             std::fs::remove_file(&fp).map_err(|e| Error::io(&fp, e))?;
         }
     } else {
-        write_atomic(&fp, &failed_body)?;
+        write_atomic(&fp, &failed_body).map_err(|e| Error::io(&fp, e))?;
     }
-    write_atomic(out, body.as_bytes())?;
+    write_atomic(out, body.as_bytes()).map_err(|e| Error::io(out, e))?;
     Ok(MergeReport {
         kind: MergedKind::Labels,
         shards: data.len(),
@@ -702,7 +705,7 @@ fn merge_embeddings(out: &Path, data: &[ShardData]) -> Result<MergeReport> {
         rows.extend(r);
     }
     let n = items.len();
-    let sidecar = crate::util::atomic::EmbeddingsSidecar {
+    let sidecar = crate::jobs::embed::EmbeddingsSidecar {
         items,
         failed: failures.into_iter().map(|(_, f)| f).collect(),
         ..s0
@@ -722,8 +725,8 @@ fn merge_embeddings(out: &Path, data: &[ShardData]) -> Result<MergeReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::writers::{LabelRow, LabelWriter};
     use crate::jobs::cluster::shard::ShardPlan;
+    use crate::jobs::writers::{LabelRow, LabelWriter};
 
     fn row(p: &str) -> LabelRow {
         LabelRow {

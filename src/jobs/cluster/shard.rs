@@ -21,9 +21,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clip::engine::{fnv1a, FNV_START};
 use crate::error::{Error, Result};
 use crate::util::atomic::write_atomic;
+use crate::util::hash::{fnv1a, FNV_START};
 
 /// One shard of a run: `index` of `count`, 0-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -405,7 +405,7 @@ impl ShardPlan {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        write_atomic(&path, &json)
+        write_atomic(&path, &json).map_err(|e| Error::io(&path, e))
     }
 }
 
