@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use cliplabel::clip::engine::{Engine, Features};
+use cliplabel::clip::engine::{Engine, EngineOptions, Features};
 use cliplabel::images::preprocess::Pixels;
 
 #[derive(Parser, Debug)]
@@ -171,7 +171,7 @@ fn read_lines(path: &PathBuf) -> anyhow::Result<Vec<String>> {
 }
 
 fn bench_images(engine: &Engine, a: &Args, threads: usize) -> anyhow::Result<serde_json::Value> {
-    let size = engine.model.config.vision.image_size;
+    let size = engine.model().config.vision.image_size;
     // The CLIP mean/std (the values do not affect speed; they keep the inputs realistic).
     let (mean, std) = (
         cliplabel::clip::config::CLIP_MEAN,
@@ -245,7 +245,7 @@ fn bench_text(engine: &Engine, a: &Args, threads: usize) -> anyhow::Result<serde
     anyhow::ensure!(out.dims()[0] == prompts.len(), "wrong number of rows");
     let tokens: usize = prompts
         .iter()
-        .map(|p| engine.tokenizer.encode(p).map(|e| e.len()).unwrap_or(0))
+        .map(|p| engine.tokenizer().encode(p).map(|e| e.len()).unwrap_or(0))
         .sum();
     Ok(serde_json::json!({
         "mode": "text",
@@ -262,10 +262,17 @@ fn bench_text(engine: &Engine, a: &Args, threads: usize) -> anyhow::Result<serde
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    cliplabel::configure_threads(a.threads)?;
-    let threads = a.threads.unwrap_or_else(rayon::current_num_threads);
+    if let Some(n) = a.threads.filter(|&n| n > 0) {
+        // candle's CPU kernels size their work by RAYON_NUM_THREADS only (see EngineOptions::threads).
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     let load = Instant::now();
-    let engine = Engine::load(&a.model, &candle_core::Device::Cpu)?;
+    let engine = Engine::try_new(
+        EngineOptions::new(&a.model)
+            .device(candle_core::Device::Cpu)
+            .threads(a.threads),
+    )?;
+    let threads = a.threads.unwrap_or_else(rayon::current_num_threads);
     let load_s = load.elapsed().as_secs_f64();
     let mut v = if a.text {
         bench_text(&engine, &a, threads)?

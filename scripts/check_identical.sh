@@ -132,6 +132,24 @@ PY
         then
             echo "same tensors and metadata, header key order differs: $f"
             reordered=$((reordered + 1))
+        elif [[ "$f" == *.safetensors ]]; then
+            python3 - "$W/a/$f" "$W/b/$f" <<'PY'
+import json, struct, sys
+def parts(p):
+    b = open(p, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    return json.loads(b[8:8 + n]), b[8 + n:]
+(ha, da), (hb, db) = parts(sys.argv[1]), parts(sys.argv[2])
+va = struct.unpack(f"<{len(da) // 4}f", da)
+vb = struct.unpack(f"<{len(db) // 4}f", db) if len(db) == len(da) else ()
+if ha != hb or not vb:
+    print(f"DIFFERS: {sys.argv[1].split('/a/', 1)[1]} (header or size)")
+else:
+    d = [abs(x - y) for x, y in zip(va, vb) if x != y]
+    print(f"DIFFERS: {sys.argv[1].split('/a/', 1)[1]} (same header; {len(d)} of {len(va)} "
+          f"values differ, max |diff| {max(d):.3g})")
+PY
+            status=1
         else
             echo "DIFFERS: $f"; status=1
         fi

@@ -1,24 +1,30 @@
-//! The `cliplabel` command line: argument parsing only; the library does the work.
+//! The `cliplabel` command line: parses the arguments, reads the environment once, builds the
+//! library's option structs, calls the library for each command, prints, and maps errors to
+//! exit codes. The progress display and the environment live in `cli/`.
 
-use std::path::PathBuf;
+mod cli;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use cliplabel::clip::engine::{Engine, Features};
-use cliplabel::jobs::pipeline::embed_images;
+use cliplabel::images::limits::DEFAULT_MAX_PIXELS;
+use cliplabel::jobs::cluster::merge::MergedKind;
+use cliplabel::jobs::writers::failed_path;
+use cliplabel::{
+    collect_images, compare_sets, embed_image_files, embed_text_file, fit_head, label_zero_shot,
+    merge, predict_with_head, summary_table, write_report, Abstention, ClassList, CompareOptions,
+    CompareSets, EmbedEvent, EmbedOptions, Engine, EngineOptions, Features, FitHeadOptions, Head,
+    JobOptions, LabelledSet, LinkMode, MergeOptions, Method, Selection, Shard, ShardRequest, Shots,
+    Summary, Templates,
+};
+
+use cli::env::Env;
+use cli::progress::Progress;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use cliplabel::classify::classes::ClassList;
-use cliplabel::classify::scores::Abstention;
-use cliplabel::classify::templates::Templates;
-use cliplabel::classify::zeroshot::ZeroShotClassifier;
-use cliplabel::jobs::embed::{write_embeddings, EmbeddingsSidecar};
-use cliplabel::jobs::label::{run_job, JobOptions, RunInfo, Summary};
-use cliplabel::jobs::organize::LinkMode;
-use cliplabel::jobs::writers::Failure;
 
 #[derive(Parser)]
 #[command(name = "cliplabel", version, about = "Label images with CLIP: zero-shot from text prompts, or with a linear head trained on a few examples.", long_about = None)]
@@ -87,10 +93,10 @@ struct OutputArgs {
     #[arg(long, default_value_t = 1, value_name = "K")]
     top_k: usize,
     /// Label `unknown` when the top-1 probability is below P.
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", value_parser = probability("--min-score"))]
     min_score: Option<f32>,
     /// Label `unknown` when the top-1 probability minus the top-2 is below D.
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", value_parser = probability("--min-margin"))]
     min_margin: Option<f32>,
     /// Continue an interrupted run: label only images not yet in OUT.
     #[arg(long)]
@@ -122,20 +128,22 @@ enum ModeArg {
     Hardlink,
 }
 
-impl OutputArgs {
-    fn job_options(&self, batch_size: usize) -> anyhow::Result<JobOptions> {
-        for (flag, v) in [
-            ("--min-score", self.min_score),
-            ("--min-margin", self.min_margin),
-        ] {
-            if let Some(v) = v {
-                if !(0.0..=1.0).contains(&v) {
-                    anyhow::bail!("{flag} must be between 0 and 1, got {v}");
-                }
-            }
+/// A value parser for a probability option: a number between 0 and 1.
+fn probability(flag: &'static str) -> impl Fn(&str) -> Result<f32, String> + Clone {
+    move |s| {
+        let v: f32 = s.parse().map_err(|e| format!("{e}"))?;
+        if (0.0..=1.0).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{flag} must be between 0 and 1, got {v}"))
         }
-        Ok(JobOptions {
-            out: self.out.clone(),
+    }
+}
+
+impl OutputArgs {
+    fn job_options(&self, batch_size: usize, out: PathBuf) -> JobOptions {
+        JobOptions {
+            out,
             top_k: self.top_k,
             abstention: Abstention {
                 min_score: self.min_score,
@@ -152,8 +160,7 @@ impl OutputArgs {
                 };
                 (d, mode)
             }),
-            quiet: self.quiet,
-        })
+        }
     }
 }
 
@@ -169,7 +176,7 @@ struct LabelArgs {
     shard: ShardArgs,
 }
 
-fn print_summary(s: &Summary, out: &std::path::Path, quiet: bool) {
+fn print_summary(s: &Summary, out: &Path, quiet: bool) {
     if quiet {
         return;
     }
@@ -190,36 +197,30 @@ fn print_summary(s: &Summary, out: &std::path::Path, quiet: bool) {
     }
     eprintln!("{line}");
     if s.failed > 0 {
-        eprintln!(
-            "failures listed in {}",
-            cliplabel::jobs::writers::failed_path(out).display()
-        );
+        eprintln!("failures listed in {}", failed_path(out).display());
     }
 }
 
-fn run_label(a: LabelArgs) -> anyhow::Result<ExitCode> {
+fn run_label(a: LabelArgs, env: &Env) -> anyhow::Result<ExitCode> {
     let classes = a.classes.class_list()?;
     let templates = a.classes.templates()?;
-    let opts = a.output.job_options(a.model.batch_size)?;
-    let paths = cliplabel::images::inputs::collect_images(&a.output.inputs)?;
-    let (paths, out) = a
+    let sel = a
         .shard
-        .apply(&a.output.inputs, paths, &opts.out, opts.quiet)?;
-    let opts = JobOptions { out, ..opts };
-    let engine = load_engine(&a.model)?;
-    let cache = a.classes.cache.dir();
-    let (clf, _cached) =
-        ZeroShotClassifier::load_or_build(&engine, &classes, &templates, cache.as_deref())?;
-    let info = RunInfo {
-        model: engine.source.clone(),
-        model_fingerprint: engine.fingerprint.clone(),
-        method: "zero-shot".into(),
-        scorer_key: ZeroShotClassifier::cache_key(&engine, &classes, &templates),
-        classes: clf.classes.clone(),
-        top_k: opts.top_k,
-    };
-    let summary = run_job(&engine, &clf, &info, paths, &opts, None)?;
-    print_summary(&summary, &opts.out, opts.quiet);
+        .select(env, &a.output.inputs, &a.output.out, a.output.quiet)?;
+    let opts = a.output.job_options(a.model.batch_size, sel.out);
+    let engine = a.model.engine(env)?;
+    let cache = a.classes.cache.dir(env);
+    let mut progress = Progress::new(a.output.quiet);
+    let summary = label_zero_shot(
+        &engine,
+        &classes,
+        &templates,
+        cache.as_deref(),
+        sel.paths,
+        &opts,
+        &mut |e| progress.event(e),
+    )?;
+    print_summary(&summary, &opts.out, a.output.quiet);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -238,8 +239,21 @@ struct ModelArgs {
     batch_size: usize,
     /// Refuse images whose header declares more pixels than this, before decoding them
     /// (Pillow's decompression-bomb limit by default).
-    #[arg(long, default_value_t = cliplabel::images::limits::DEFAULT_MAX_PIXELS, value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_name = "N")]
     max_pixels: u64,
+}
+
+impl ModelArgs {
+    /// Loads the model with these flags and the environment's settings.
+    fn engine(&self, env: &Env) -> anyhow::Result<Engine> {
+        Ok(Engine::try_new(
+            EngineOptions::new(&self.model)
+                .threads(self.threads)
+                .kernels(env.kernels)
+                .max_pixels(self.max_pixels)
+                .hub(env.hub.clone()),
+        )?)
+    }
 }
 
 #[derive(Args)]
@@ -288,102 +302,44 @@ impl From<FeatureArg> for Features {
     }
 }
 
-fn load_engine(m: &ModelArgs) -> anyhow::Result<Engine> {
-    cliplabel::configure_threads(m.threads)?;
-    let mut engine = Engine::load(&m.model, &cliplabel::default_device())?;
-    engine.max_pixels = m.max_pixels;
-    Ok(engine)
-}
-
-fn run_embed(a: EmbedArgs) -> anyhow::Result<ExitCode> {
+fn run_embed(a: EmbedArgs, env: &Env) -> anyhow::Result<ExitCode> {
     let start = std::time::Instant::now();
-    let engine = load_engine(&a.model)?;
-    let features: Features = a.features.into();
-    let feature_name = match a.features {
-        FeatureArg::Projected => "projected",
-        FeatureArg::Pooled => "pooled",
+    let engine = a.model.engine(env)?;
+    let mut opts = EmbedOptions {
+        out: a.out.clone(),
+        batch_size: a.model.batch_size,
+        features: a.features.into(),
+        normalize: a.normalize,
     };
-    let mut out = a.out.clone();
-    let (mut rows, items, failed, kind) = if let Some(tf) = &a.text_file {
-        if a.shard.is_set() {
+    let summary = if let Some(tf) = &a.text_file {
+        if a.shard.request().is_set() {
             anyhow::bail!("sharding applies to images, not to --text-file");
         }
-        if matches!(features, Features::Pooled) {
-            anyhow::bail!("--features pooled is only available for images");
-        }
-        let prompts = cliplabel::images::inputs::read_lines(tf)?;
-        if prompts.is_empty() {
-            anyhow::bail!("{}: no prompts (the file is empty)", tf.display());
-        }
-        let t = engine.embed_texts(&prompts, a.model.batch_size.max(1) * 8)?;
-        let rows: Vec<f32> = t.flatten_all()?.to_vec1()?;
-        (rows, prompts, Vec::new(), "text")
+        embed_text_file(&engine, tf, &opts)?
     } else {
-        let paths = cliplabel::images::inputs::collect_images(&a.inputs)?;
-        let paths = {
-            let (paths, shard_out) = a.shard.apply(&a.inputs, paths, &a.out, a.quiet)?;
-            out = shard_out;
-            paths
-        };
-        let total = paths.len();
-        let mut rows = Vec::new();
-        let mut items = Vec::new();
-        let mut failed = Vec::new();
-        let mut done = 0usize;
-        embed_images(&engine, paths, a.model.batch_size, features, |b| {
-            done += b.ok.len() + b.failed.len();
-            if let Some(t) = &b.embeddings {
-                rows.extend(t.flatten_all()?.to_vec1::<f32>()?);
+        let sel = a.shard.select(env, &a.inputs, &a.out, a.quiet)?;
+        opts.out = sel.out;
+        let quiet = a.quiet;
+        embed_image_files(&engine, sel.paths, &opts, &mut |e| match e {
+            EmbedEvent::Failed(f) if !quiet => eprintln!("warning: {}: {}", f.path, f.error),
+            EmbedEvent::Embedded { done, total } if !quiet => {
+                eprintln!("embedded {done}/{total}")
             }
-            items.extend(b.ok.iter().map(|p| p.display().to_string()));
-            for (p, e) in b.failed {
-                if !a.quiet {
-                    eprintln!("warning: {}: {e}", p.display());
-                }
-                failed.push(Failure {
-                    path: p.display().to_string(),
-                    error: e,
-                });
-            }
-            if !a.quiet {
-                eprintln!("embedded {done}/{total}");
-            }
-            Ok(())
-        })?;
-        (rows, items, failed, "image")
+            _ => {}
+        })?
     };
-    let dim = engine.dim(features, kind == "image");
-    if a.normalize {
-        for r in rows.chunks_exact_mut(dim) {
-            let n = r.iter().map(|v| v * v).sum::<f32>().sqrt();
-            if n > 0.0 {
-                r.iter_mut().for_each(|v| *v /= n);
-            }
-        }
-    }
-    let n_items = items.len();
-    let n_failed = failed.len();
-    let sidecar = EmbeddingsSidecar {
-        model: engine.source.clone(),
-        model_fingerprint: engine.fingerprint.clone(),
-        kind: kind.into(),
-        dim,
-        normalized: a.normalize,
-        features: feature_name.into(),
-        items,
-        failed,
-    };
-    write_embeddings(&out, &rows, &sidecar)
-        .with_context(|| format!("writing {}", out.display()))?;
     if !a.quiet {
         let secs = start.elapsed().as_secs_f64();
+        let kind = summary.kind.as_str();
         eprintln!(
-            "{n_items} {kind}s embedded, {n_failed} failed, {secs:.1} s ({:.1}/s) -> {}",
-            n_items as f64 / secs.max(1e-9),
-            out.display()
+            "{} {kind}s embedded, {} failed, {secs:.1} s ({:.1}/s) -> {}",
+            summary.rows,
+            summary.failed,
+            summary.rows as f64 / secs.max(1e-9),
+            opts.out.display()
         );
     }
-    Ok(if a.strict && n_failed > 0 {
+    Ok(if a.strict && summary.failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -399,7 +355,7 @@ struct ShardArgs {
     /// join the N shards with `cliplabel merge OUT`.
     #[arg(long, value_name = "I/N", value_parser = parse_shard,
           conflicts_with_all = ["shard_from_env", "shard_count"])]
-    shard: Option<cliplabel::jobs::cluster::shard::Shard>,
+    shard: Option<Shard>,
     /// Take the shard from the Slurm array task: index (SLURM_ARRAY_TASK_ID - MIN) / STEP of
     /// the array's task count. Rerunning one task alone makes a 1-task array: use
     /// --shard-count N instead to allow that.
@@ -416,61 +372,45 @@ struct ShardArgs {
     no_shard: bool,
 }
 
-fn parse_shard(s: &str) -> Result<cliplabel::jobs::cluster::shard::Shard, String> {
-    cliplabel::jobs::cluster::shard::Shard::parse(s).map_err(|e| e.to_string())
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    Shard::parse(s).map_err(|e| e.to_string())
 }
 
 impl ShardArgs {
-    fn is_set(&self) -> bool {
-        self.shard.is_some() || self.shard_from_env || self.shard_count.is_some()
+    fn request(&self) -> ShardRequest {
+        ShardRequest {
+            shard: self.shard,
+            from_env: self.shard_from_env,
+            count: self.shard_count,
+            no_shard: self.no_shard,
+        }
     }
 
-    /// Narrows `paths` (collected from `roots`) to this task's shard, writes the shard's
-    /// manifest, and returns the shard's images and output path; unchanged when not sharded.
-    fn apply(
+    /// Collects the images under `roots` and narrows them to this task's shard (writing its
+    /// manifest), printing the library's notes and, unless quiet, what the shard holds.
+    fn select(
         &self,
+        env: &Env,
         roots: &[PathBuf],
-        paths: Vec<PathBuf>,
-        out: &std::path::Path,
+        out: &Path,
         quiet: bool,
-    ) -> anyhow::Result<(Vec<PathBuf>, PathBuf)> {
-        use cliplabel::jobs::cluster::shard::{unsharded_note, Shard, ShardPlan};
-        let in_slurm_array = std::env::var("SLURM_ARRAY_TASK_ID")
-            .is_ok_and(|v| !v.trim().is_empty())
-            && unsharded_note(|k| std::env::var(k).ok()).is_some();
-        let auto = !self.no_shard && !self.is_set() && in_slurm_array;
-        let shard = if auto {
-            let s = Shard::from_env(None, true, None)?;
-            if let Some(s) = s {
-                eprintln!(
-                    "note: shard {s} taken from the Slurm array (SLURM_ARRAY_TASK_ID); pass --no-shard to process every input"
-                );
-            }
-            s
-        } else if self.no_shard {
-            None
-        } else {
-            Shard::from_env(self.shard, self.shard_from_env, self.shard_count)?
-        };
-        let Some(shard) = shard else {
-            if !self.no_shard {
-                if let Some(note) = unsharded_note(|k| std::env::var(k).ok()) {
-                    eprintln!("{note}");
-                }
-            }
-            return Ok((paths, out.to_path_buf()));
-        };
-        let plan = ShardPlan::new(shard, roots, &paths, out);
-        plan.write_manifest()?;
-        if !quiet {
+    ) -> anyhow::Result<Selection> {
+        let paths = collect_images(roots)?;
+        let sel = self
+            .request()
+            .select(|k| env.scheduler_var(k), roots, paths, out)?;
+        for note in &sel.notes {
+            eprintln!("{note}");
+        }
+        if let (Some(shard), false) = (sel.shard, quiet) {
             eprintln!(
                 "shard {shard}: {} of {} images -> {}",
-                plan.paths.len(),
-                paths.len(),
-                plan.out.display()
+                sel.paths.len(),
+                sel.total,
+                sel.out.display()
             );
         }
-        Ok((plan.paths, plan.out))
+        Ok(sel)
     }
 }
 
@@ -509,7 +449,6 @@ struct MergeArgs {
 }
 
 fn run_merge(a: MergeArgs) -> anyhow::Result<ExitCode> {
-    use cliplabel::jobs::cluster::merge::{merge, MergeOptions, MergedKind};
     let r = merge(
         &a.out,
         &MergeOptions {
@@ -527,10 +466,7 @@ fn run_merge(a: MergeArgs) -> anyhow::Result<ExitCode> {
             r.out.display()
         );
         if r.failed > 0 && r.kind == MergedKind::Labels {
-            eprintln!(
-                "failures listed in {}",
-                cliplabel::jobs::writers::failed_path(&r.out).display()
-            );
+            eprintln!("failures listed in {}", failed_path(&r.out).display());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -574,13 +510,11 @@ struct CacheArgs {
 }
 
 impl CacheArgs {
-    fn dir(&self) -> Option<PathBuf> {
+    fn dir(&self, env: &Env) -> Option<PathBuf> {
         if self.no_cache {
             None
         } else {
-            self.cache_dir
-                .clone()
-                .or_else(cliplabel::classify::zeroshot::default_cache_dir)
+            self.cache_dir.clone().or_else(|| env.cache_dir.clone())
         }
     }
 }
@@ -646,139 +580,68 @@ struct FitArgs {
     quiet: bool,
 }
 
-fn write_failures(path: &std::path::Path, failures: &[Failure]) -> anyhow::Result<()> {
-    let mut buf = Vec::new();
-    for f in failures {
-        serde_json::to_writer(&mut buf, f)?;
-        buf.push(b'\n');
-    }
-    cliplabel::util::atomic::write_atomic(path, &buf)?;
-    Ok(())
-}
-
-fn run_fit(a: FitArgs) -> anyhow::Result<ExitCode> {
-    use cliplabel::classify::head::{train, Head, HeadMeta, Method, TrainOptions};
-    if a.out.exists() && !a.force {
-        anyhow::bail!(
-            "{}: already exists (pass --force to overwrite it)",
-            a.out.display()
-        );
-    }
+fn run_fit(a: FitArgs, env: &Env) -> anyhow::Result<ExitCode> {
     let method = match (a.init, a.interpolate) {
         (_, true) => Method::Interpolate,
         (InitArg::ZeroShot, false) => Method::ZeroShotInit,
         (InitArg::Zero, false) => Method::Probe,
     };
-    let features: Features = a.features.into();
-    if features == Features::Pooled && method != Method::Probe {
-        anyhow::bail!("--features pooled works only with the plain linear probe (zero-shot weights live in the projected space)");
-    }
-    let set = match (&a.train, &a.train_csv) {
-        (Some(d), _) => cliplabel::eval::dataset::LabelledSet::from_image_folder(d)?,
-        (None, Some(f)) => cliplabel::eval::dataset::LabelledSet::from_csv(f)?,
-        (None, None) => anyhow::bail!("give --train DIR or --train-csv FILE"),
-    };
-    let engine = load_engine(&a.model)?;
-    let start = std::time::Instant::now();
-    let mut cache =
-        cliplabel::jobs::cache::EmbeddingCache::open(a.cache.dir().as_deref(), &engine, features)?;
-    let cliplabel::jobs::cache::Embeddings {
-        rows,
-        failures,
-        encoded,
-    } = cache.embed(&engine, &set.paths, a.model.batch_size)?;
-    for f in &failures {
-        if !a.quiet {
-            eprintln!("warning: {}: {}", f.path, f.error);
-        }
-    }
-    let dim = engine.dim(features, true);
-    let data = cliplabel::eval::compare::Embedded::new(rows, &set.labels, dim)?;
-    let counts = {
-        let mut c = vec![0usize; set.classes.len()];
-        for &l in &data.labels {
-            c[l] += 1;
-        }
-        c
-    };
-    let (templates, template_spec) = a.templates.resolve()?;
-    let zs = if method == Method::Probe {
-        None
-    } else {
-        let classes = ClassList::from_names(&set.classes)?;
-        Some(ZeroShotClassifier::build(&engine, &classes, &templates)?)
-    };
-    let opts = TrainOptions {
+    let opts = FitHeadOptions {
+        out: a.out.clone(),
         method,
+        features: a.features.into(),
         folds: a.cv,
         c_grid: (!a.c_grid.is_empty()).then(|| a.c_grid.clone()),
         balanced: a.balanced,
         seed: a.seed,
-        fallback_c: None,
-        ..TrainOptions::default()
+        templates: a.templates.resolve()?,
+        cache_dir: a.cache.dir(env),
+        batch_size: a.model.batch_size,
     };
-    let t = train(&data.x, &data.labels, &set.classes, zs.as_ref(), &opts)?;
-    let head = Head {
-        linear: t.linear,
-        meta: HeadMeta {
-            classes: set.classes.clone(),
-            model: engine.source.clone(),
-            model_fingerprint: engine.fingerprint.clone(),
-            dim,
-            features: match features {
-                Features::Projected => "projected".into(),
-                Features::Pooled => "pooled".into(),
-            },
-            normalization: "l2".into(),
-            method,
-            c: t.c,
-            cv_accuracy: t.cv_accuracy,
-            cv_folds: t.folds,
-            alpha: t.alpha,
-            examples_per_class: counts.clone(),
-            templates: zs.as_ref().map(|_| template_spec),
-            balanced: a.balanced,
-            seed: a.seed,
-        },
+    opts.check(a.force)?;
+    let set = match (&a.train, &a.train_csv) {
+        (Some(d), _) => LabelledSet::from_image_folder(d)?,
+        (None, Some(f)) => LabelledSet::from_csv(f)?,
+        (None, None) => anyhow::bail!("give --train DIR or --train-csv FILE"),
     };
-    head.save(&a.out)?;
-    let failed_path = cliplabel::jobs::writers::failed_path(&a.out);
-    if failures.is_empty() {
-        let _ = std::fs::remove_file(&failed_path);
-    } else {
-        write_failures(&failed_path, &failures)?;
-    }
+    let engine = a.model.engine(env)?;
+    let quiet = a.quiet;
+    let s = fit_head(&engine, &set, &opts, &mut |f| {
+        if !quiet {
+            eprintln!("warning: {}: {}", f.path, f.error);
+        }
+    })?;
     if !a.quiet {
         eprintln!(
             "{}: {} on {} images of {} classes ({} encoded, {} from cache, {} failed) in {:.1} s",
             a.out.display(),
-            method.name(),
-            data.labels.len(),
-            set.classes.len(),
-            encoded,
-            data.labels.len() - encoded,
-            failures.len(),
-            start.elapsed().as_secs_f64()
+            s.method.name(),
+            s.images,
+            s.classes,
+            s.encoded,
+            s.images - s.encoded,
+            s.failed,
+            s.seconds
         );
         let mut line = String::new();
-        if let Some(c) = t.c {
+        if let Some(c) = s.c {
             line.push_str(&format!("C = {c:.3e}"));
         }
-        if let Some(acc) = t.cv_accuracy {
+        if let Some(acc) = s.cv_accuracy {
             line.push_str(&format!(
                 ", {}-fold CV accuracy {:.1}%",
-                t.folds,
+                s.folds,
                 acc * 100.0
             ));
         } else {
             line.push_str(" (too few examples per class for cross-validation)");
         }
-        if let Some(al) = t.alpha {
+        if let Some(al) = s.alpha {
             line.push_str(&format!(", alpha (zero-shot weight) {al:.1}"));
         }
         eprintln!("{line}");
-        if !failures.is_empty() {
-            eprintln!("failures listed in {}", failed_path.display());
+        if s.failed > 0 {
+            eprintln!("failures listed in {}", s.failed_path.display());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -799,42 +662,25 @@ struct PredictArgs {
     cache: CacheArgs,
 }
 
-fn run_predict(a: PredictArgs) -> anyhow::Result<ExitCode> {
-    let head = cliplabel::classify::head::Head::load(&a.head)?;
-    let opts = a.output.job_options(a.model.batch_size)?;
-    let paths = cliplabel::images::inputs::collect_images(&a.output.inputs)?;
-    let (paths, out) = a
+fn run_predict(a: PredictArgs, env: &Env) -> anyhow::Result<ExitCode> {
+    let head = Head::load(&a.head)?;
+    let sel = a
         .shard
-        .apply(&a.output.inputs, paths, &opts.out, opts.quiet)?;
-    let opts = JobOptions { out, ..opts };
-    let engine = load_engine(&a.model)?;
-    head.check_model(&engine, &a.head)?;
-    let key = {
-        let bytes =
-            std::fs::read(&a.head).with_context(|| format!("reading {}", a.head.display()))?;
-        format!(
-            "{:016x}",
-            cliplabel::util::hash::fnv1a(&bytes, cliplabel::util::hash::FNV_START)
-        )
-    };
-    let info = RunInfo {
-        model: engine.source.clone(),
-        model_fingerprint: engine.fingerprint.clone(),
-        method: "head".into(),
-        scorer_key: key,
-        classes: head.meta.classes.clone(),
-        top_k: opts.top_k,
-    };
-    let mut cache = match a.cache.dir() {
-        Some(d) => Some(cliplabel::jobs::cache::EmbeddingCache::open(
-            Some(&d),
-            &engine,
-            head.features(),
-        )?),
-        None => None,
-    };
-    let summary = run_job(&engine, &head, &info, paths, &opts, cache.as_mut())?;
-    print_summary(&summary, &opts.out, opts.quiet);
+        .select(env, &a.output.inputs, &a.output.out, a.output.quiet)?;
+    let opts = a.output.job_options(a.model.batch_size, sel.out);
+    let engine = a.model.engine(env)?;
+    let cache = a.cache.dir(env);
+    let mut progress = Progress::new(a.output.quiet);
+    let summary = predict_with_head(
+        &engine,
+        &head,
+        &a.head,
+        cache.as_deref(),
+        sel.paths,
+        &opts,
+        &mut |e| progress.event(e),
+    )?;
+    print_summary(&summary, &opts.out, a.output.quiet);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -853,8 +699,8 @@ struct CompareArgs {
     #[arg(long, value_name = "FILE|NAME", default_values_t = vec!["photo".to_string()])]
     templates: Vec<String>,
     /// Labelled images per class for the heads, comma-separated; `all` uses every one.
-    #[arg(long, value_delimiter = ',', default_values_t = vec!["1".to_string(), "2".into(), "4".into(), "8".into(), "16".into(), "all".into()])]
-    shots: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,all")]
+    shots: Vec<Shots>,
     /// Random draws of the k images per class for each shot count.
     #[arg(long, default_value_t = 3)]
     seeds: usize,
@@ -871,87 +717,69 @@ struct CompareArgs {
     quiet: bool,
 }
 
-fn run_compare(a: CompareArgs) -> anyhow::Result<ExitCode> {
-    use cliplabel::eval::compare::{compare, embed_set, CompareOptions};
-    let shots = a
-        .shots
-        .iter()
-        .map(|s| {
-            if s.eq_ignore_ascii_case("all") {
-                Ok(None)
-            } else {
-                s.trim()
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|&k| k > 0)
-                    .map(Some)
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("--shots: `{s}` is not a positive number or `all`")
-                    })
-            }
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let train_set = cliplabel::eval::dataset::LabelledSet::from_image_folder(&a.train)?;
-    let test_set = cliplabel::eval::dataset::LabelledSet::from_image_folder(&a.test)?;
-    let test_labels = test_set.align_to(
-        &train_set.classes,
-        &format!("test set {}", a.test.display()),
-    )?;
-    std::fs::create_dir_all(&a.report)
-        .with_context(|| format!("creating {}", a.report.display()))?;
-    let engine = load_engine(&a.model)?;
-    let mut cache = cliplabel::jobs::cache::EmbeddingCache::open(
-        a.cache.dir().as_deref(),
-        &engine,
-        Features::Projected,
-    )?;
-    let (train, f1, _) = embed_set(
-        &engine,
-        &mut cache,
-        &train_set,
-        &train_set.labels,
-        a.model.batch_size,
-    )?;
-    let (test, f2, _) = embed_set(
-        &engine,
-        &mut cache,
-        &test_set,
-        &test_labels,
-        a.model.batch_size,
-    )?;
-    for f in f1.iter().chain(&f2) {
-        if !a.quiet {
-            eprintln!("warning: {}: {} (skipped)", f.path, f.error);
-        }
-    }
+fn run_compare(a: CompareArgs, env: &Env) -> anyhow::Result<ExitCode> {
+    let sets = CompareSets::load(&a.train, &a.test, &a.report)?;
+    let engine = a.model.engine(env)?;
     let opts = CompareOptions {
         templates: a.templates.clone(),
-        shots,
+        shots: a.shots.clone(),
         seeds: a.seeds,
         folds: a.cv,
     };
     let quiet = a.quiet;
-    let results = compare(&engine, &train_set.classes, &train, &test, &opts, |m| {
-        if !quiet {
-            eprintln!("{m}");
-        }
-    })?;
-    cliplabel::eval::report::write_report(&a.report, &results)?;
-    println!("{}", cliplabel::eval::report::summary_table(&results));
+    let cache = a.cache.dir(env);
+    let results = compare_sets(
+        &engine,
+        &sets,
+        &opts,
+        cache.as_deref(),
+        a.model.batch_size,
+        &mut |f| {
+            if !quiet {
+                eprintln!("warning: {}: {} (skipped)", f.path, f.error);
+            }
+        },
+        |m| {
+            if !quiet {
+                eprintln!("{m}");
+            }
+        },
+    )?;
+    write_report(&a.report, &results)?;
+    println!("{}", summary_table(&results));
     if !a.quiet {
         eprintln!("report written to {}", a.report.display());
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `--threads` of the command, if it loads a model.
+fn threads(c: &Command) -> Option<usize> {
+    match c {
+        Command::Label(a) => a.model.threads,
+        Command::Fit(a) => a.model.threads,
+        Command::Predict(a) => a.model.threads,
+        Command::Compare(a) => a.model.threads,
+        Command::Embed(a) => a.model.threads,
+        Command::Merge(_) => None,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(n) = threads(&cli.command).filter(|&n| n > 0) {
+        // candle's CPU kernels size their work by RAYON_NUM_THREADS and read nothing else, so
+        // the count reaches them only through the environment; set before any thread starts.
+        // (The library builds rayon's pool from the same count, passed as an option.)
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let env = Env::read();
     let result = match cli.command {
-        Command::Label(a) => run_label(a),
-        Command::Fit(a) => run_fit(a),
-        Command::Predict(a) => run_predict(a),
-        Command::Compare(a) => run_compare(a),
-        Command::Embed(a) => run_embed(a),
+        Command::Label(a) => run_label(a, &env),
+        Command::Fit(a) => run_fit(a, &env),
+        Command::Predict(a) => run_predict(a, &env),
+        Command::Compare(a) => run_compare(a, &env),
+        Command::Embed(a) => run_embed(a, &env),
         Command::Merge(a) => run_merge(a),
     };
     match result {

@@ -8,8 +8,8 @@ use candle_core::Device;
 use cliplabel::classify::classes::ClassList;
 use cliplabel::classify::templates::Templates;
 use cliplabel::classify::zeroshot::ZeroShotClassifier;
-use cliplabel::clip::engine::Engine;
-use cliplabel::jobs::embed::read_embeddings;
+use cliplabel::clip::engine::{Engine, EngineOptions};
+use cliplabel::jobs::embed::{read_embeddings, EmbeddingKind};
 use common::*;
 
 fn embed(tmp: &Path, extra: &[&str]) -> std::process::Output {
@@ -42,7 +42,7 @@ fn embeds_images_in_sorted_order_and_lists_failures() {
     good.sort();
     let want: Vec<String> = good.iter().map(|p| p.display().to_string()).collect();
     assert_eq!(side.items, want);
-    assert_eq!(side.kind, "image");
+    assert_eq!(side.kind, EmbeddingKind::Image);
     assert_eq!(side.dim, 16);
     assert_eq!(side.failed.len(), 1);
     assert!(side.failed[0].path.ends_with("empty.JPG") && side.failed[0].error.contains("empty"));
@@ -127,13 +127,13 @@ fn text_file_rows_match_the_library() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let (rows, side) = read_embeddings(&out).unwrap();
-    assert_eq!(side.kind, "text");
+    assert_eq!(side.kind, EmbeddingKind::Text);
     assert_eq!(
         side.items.len(),
         4,
         "an empty line is an (empty) prompt too"
     );
-    let e = Engine::load(&tiny_model(), &Device::Cpu).unwrap();
+    let e = Engine::try_new(EngineOptions::new(tiny_model()).device(Device::Cpu)).unwrap();
     let want: Vec<f32> = e
         .embed_texts(&side.items, 1)
         .unwrap()
@@ -208,7 +208,7 @@ fn model_copy(dir: &Path) -> std::path::PathBuf {
 }
 
 fn load_err(m: &Path) -> String {
-    match Engine::load(m.to_str().unwrap(), &Device::Cpu) {
+    match Engine::try_new(EngineOptions::new(m.to_str().unwrap()).device(Device::Cpu)) {
         Ok(_) => panic!("{} loaded", m.display()),
         Err(e) => e.to_string(),
     }
@@ -311,7 +311,7 @@ fn wrong_model_directories_name_the_file_and_tensor() {
 
 #[test]
 fn synonym_class_is_the_mean_of_its_prompts() {
-    let e = Engine::load(&tiny_model(), &Device::Cpu).unwrap();
+    let e = Engine::try_new(EngineOptions::new(tiny_model()).device(Device::Cpu)).unwrap();
     let classes = ClassList::parse("cat: cat | kitten\ndog\n", Path::new("c.txt")).unwrap();
     let templates =
         Templates::from_strings(&["a photo of a {}.".into(), "a drawing of a {}.".into()]).unwrap();
@@ -344,5 +344,5 @@ fn synonym_class_is_the_mean_of_its_prompts() {
         assert!((a - b / n).abs() < 1e-5);
     }
     assert_eq!(clf.classes, ["cat", "dog"]);
-    assert!((clf.logit_scale - e.model.logit_scale()).abs() < 1e-6);
+    assert!((clf.logit_scale - e.model().logit_scale()).abs() < 1e-6);
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use cliplabel::clip::engine::{Engine, Features};
+use cliplabel::clip::engine::{Engine, EngineOptions, Features};
 use cliplabel::images::limits::DEFAULT_MAX_PIXELS;
 use cliplabel::images::preprocess::{load_rgb, normalize, resize_and_crop};
 
@@ -72,7 +72,8 @@ fn model_dir(model: &str) -> PathBuf {
 }
 
 fn engine(model: &str) -> Engine {
-    Engine::load(model_dir(model).to_str().unwrap(), &Device::Cpu).unwrap()
+    Engine::try_new(EngineOptions::new(model_dir(model).to_str().unwrap()).device(Device::Cpu))
+        .unwrap()
 }
 
 /// Maps a reference key (file name with '.' replaced by '_') back to the image file.
@@ -97,7 +98,7 @@ fn token_ids_match_transformers() {
         let e = engine(model);
         for case in token_cases() {
             let want = if ctx32 { &case.ids_ctx32 } else { &case.ids };
-            let got = e.tokenizer.encode_padded(&case.text, want.len()).unwrap();
+            let got = e.tokenizer().encode_padded(&case.text, want.len()).unwrap();
             assert_eq!(&got, want, "{model}: {:?}", case.text);
         }
     }
@@ -146,7 +147,7 @@ fn text_parity(model: &str) {
             assert!(d <= 1e-4, "{model} batch {bs}: max abs diff {d}");
         }
         let (_, ls) = r.f32("logit_scale_exp");
-        assert!((e.model.logit_scale() - ls[0]).abs() <= 1e-4 * ls[0]);
+        assert!((e.model().logit_scale() - ls[0]).abs() <= 1e-4 * ls[0]);
     }
 }
 
@@ -188,7 +189,7 @@ fn image_parity(model: &str) {
         for key in images {
             let path = image_file(&key);
             let rgb = load_rgb(&path, DEFAULT_MAX_PIXELS).unwrap();
-            let crop = resize_and_crop(&rgb, &e.preprocess);
+            let crop = resize_and_crop(&rgb, e.preprocess_config());
             let (shape, want) = r.u8(&format!("crop_u8.{key}"));
             assert_eq!(shape, vec![crop.height, crop.width, 3], "{key}");
             let diffs: Vec<u8> = crop
@@ -210,7 +211,7 @@ fn image_parity(model: &str) {
                 n_diff, 0,
                 "{model} {key}: {n_diff} crop values differ from Pillow's (max {max} levels)"
             );
-            let px = normalize(&crop, &e.preprocess);
+            let px = normalize(&crop, e.preprocess_config());
             if r.tensors.contains_key(&format!("pixel_values.{key}")) {
                 let (_, want_px) = r.f32(&format!("pixel_values.{key}"));
                 let d = max_abs(&px.data, &want_px);

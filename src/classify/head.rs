@@ -14,6 +14,7 @@ use crate::linear_head::{
     choose_alpha, default_alpha_grid, fit, fit_cv, softmax_rows, CvOptions, Dataset, FitOptions,
     LinearHead, Matrix,
 };
+use crate::util::hash::{fnv1a, FNV_START};
 use crate::util::math::l2_normalize;
 use crate::util::safetensors_io::{write_f32, F32Tensor, SafetensorsFile};
 
@@ -77,6 +78,15 @@ impl Default for TrainOptions {
     }
 }
 
+/// The normalisation applied to embeddings before a head (`normalization` in the head file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Normalization {
+    /// Unit L2 norm.
+    #[default]
+    #[serde(rename = "l2")]
+    L2,
+}
+
 /// Metadata stored with a head.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HeadMeta {
@@ -89,9 +99,9 @@ pub struct HeadMeta {
     /// Embedding width.
     pub dim: usize,
     /// `projected` or `pooled`.
-    pub features: String,
+    pub features: Features,
     /// Input normalisation applied before the head (`l2`).
-    pub normalization: String,
+    pub normalization: Normalization,
     /// Training method.
     pub method: Method,
     /// Chosen inverse regularisation strength (`None` when no fit was needed).
@@ -324,6 +334,13 @@ impl Head {
         Ok(())
     }
 
+    /// A key of a head file's contents (FNV-1a of its bytes, 16 hex digits), recorded in a run's
+    /// `OUT.run.json` so that `--resume` and `merge` refuse outputs of another head.
+    pub fn file_key(path: &Path) -> Result<String> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Ok(format!("{:016x}", fnv1a(&bytes, FNV_START)))
+    }
+
     /// Loads a head file, checking that its tensors agree with its metadata.
     pub fn load(path: &Path) -> Result<Self> {
         let file = SafetensorsFile::read(path)?;
@@ -368,11 +385,7 @@ impl Head {
 
     /// Which image features the head was trained on.
     pub fn features(&self) -> Features {
-        if self.meta.features == "pooled" {
-            Features::Pooled
-        } else {
-            Features::Projected
-        }
+        self.meta.features
     }
 }
 

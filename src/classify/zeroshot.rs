@@ -2,7 +2,7 @@
 //! templates as in the CLIP paper (§3.1.4), cached on disk, and scored against image embeddings.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::classify::classes::ClassList;
 use crate::classify::scores::{Scorer, Scores};
@@ -198,18 +198,6 @@ impl Scorer for ZeroShotClassifier {
     fn score(&self, embeddings: &[f32]) -> Vec<Scores> {
         ZeroShotClassifier::score(self, embeddings)
     }
-}
-
-/// The default directory for caches: `$CLIPLABEL_CACHE`, else `$XDG_CACHE_HOME/cliplabel`,
-/// else `~/.cache/cliplabel`.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("CLIPLABEL_CACHE").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d).join("cliplabel"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("cliplabel"))
 }
 
 #[cfg(test)]

@@ -8,15 +8,18 @@ use candle_core::{Device, Tensor};
 
 use crate::clip::checkpoint::Checkpoint;
 use crate::clip::config::{ClipConfig, ModelFiles, PreprocessConfig};
+use crate::clip::hub::{resolve_model, HubOptions};
 use crate::clip::model::ClipModel;
+use crate::clip::model::Kernels;
 use crate::clip::tokenizer::ClipTokenizer;
 use crate::error::{Error, Result};
 use crate::images::limits::DEFAULT_MAX_PIXELS;
 use crate::images::preprocess::{self, Pixels};
 use crate::util::hash::{fnv1a, FNV_START};
 
-/// Which features to take from a tower.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which features to take from a tower (`projected` or `pooled` in the files that record it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Features {
     /// The projected embedding (`get_image_features` / `get_text_features`).
     #[default]
@@ -25,20 +28,103 @@ pub enum Features {
     Pooled,
 }
 
+/// How to build an [`Engine`]: the model and every setting, read once at the edge (the
+/// binary takes them from flags and the environment) and passed in here.
+///
+/// ```no_run
+/// use cliplabel::{Engine, EngineOptions};
+/// let engine = Engine::try_new(EngineOptions::new("models/shapes-clip").threads(Some(4)))?;
+/// # Ok::<(), cliplabel::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    model: String,
+    device: Device,
+    threads: Option<usize>,
+    kernels: Kernels,
+    max_pixels: u64,
+    hub: Option<HubOptions>,
+}
+
+impl EngineOptions {
+    /// A local model directory, or a hub id (looked up only with [`EngineOptions::hub`]); CPU
+    /// (or the first CUDA GPU with the `cuda` feature), every core, automatic kernels, Pillow's
+    /// decompression-bomb limit.
+    pub fn new(model: impl Into<String>) -> Self {
+        EngineOptions {
+            model: model.into(),
+            device: crate::default_device(),
+            threads: None,
+            kernels: Kernels::Auto,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            hub: None,
+        }
+    }
+
+    /// The device to compute on.
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// Worker threads for decoding and the model (`None`: every core). A count builds rayon's
+    /// global pool, once per process. candle's CPU kernels size their work by the
+    /// `RAYON_NUM_THREADS` environment variable, which the library does not set: a program that
+    /// passes a count should set that variable to it too, before starting any thread (as the
+    /// `cliplabel` binary does).
+    pub fn threads(mut self, threads: Option<usize>) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Which matrix multiply the linear layers use on the CPU.
+    pub fn kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    /// Refuse images whose header declares more pixels than this, before decoding them.
+    pub fn max_pixels(mut self, max_pixels: u64) -> Self {
+        self.max_pixels = max_pixels;
+        self
+    }
+
+    /// Look hub ids (`owner/name`) up in this Hugging Face cache, downloading unless offline.
+    pub fn hub(mut self, hub: HubOptions) -> Self {
+        self.hub = Some(hub);
+        self
+    }
+
+    /// The model as given.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+}
+
+impl std::fmt::Display for Features {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Features::Projected => "projected",
+            Features::Pooled => "pooled",
+        })
+    }
+}
+
 /// A CLIP model ready to embed text and images, with the settings its checkpoint ships.
+/// Built by [`Engine::try_new`]; its settings do not change afterwards.
 pub struct Engine {
     /// The network.
-    pub model: ClipModel,
+    pub(crate) model: ClipModel,
     /// The tokenizer bound to the model's context length.
-    pub tokenizer: ClipTokenizer,
+    pub(crate) tokenizer: ClipTokenizer,
     /// The image processor settings.
-    pub preprocess: PreprocessConfig,
+    pub(crate) preprocess: PreprocessConfig,
     /// Where the model came from (`--model` as given).
-    pub source: String,
+    pub(crate) source: String,
     /// A fingerprint of the model files, for caches.
-    pub fingerprint: String,
+    pub(crate) fingerprint: String,
     /// Images with more pixels than this are refused before decoding.
-    pub max_pixels: u64,
+    pub(crate) max_pixels: u64,
 }
 
 /// A content fingerprint of a model: its config and, for each weight file, the size and the
@@ -123,15 +209,34 @@ fn prefix_groups(encoded: &[Vec<u32>], min_group: usize) -> Vec<(usize, Vec<usiz
     groups.into_values().collect()
 }
 
+/// Builds rayon's global pool with `n` threads (decoding and cliplabel's kernels run on it).
+/// A pool already built with `n` threads is accepted; another count is an error.
+fn configure_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::Input("--threads must be at least 1".into()));
+    }
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+    {
+        Ok(()) => Ok(()),
+        Err(_) if rayon::current_num_threads() == n => Ok(()),
+        Err(e) => Err(Error::Input(format!("cannot configure {n} threads: {e}"))),
+    }
+}
+
 impl Engine {
-    /// Resolves `--model` (a directory or hub id) and loads everything on `device`.
-    pub fn load(spec: &str, device: &Device) -> Result<Self> {
-        let files = crate::clip::hub::resolve_model(spec)?;
-        Self::from_files(&files, device)
+    /// Resolves the model (a directory or hub id), configures the threads and loads everything.
+    pub fn try_new(opts: EngineOptions) -> Result<Self> {
+        if let Some(n) = opts.threads {
+            configure_threads(n)?;
+        }
+        let files = resolve_model(&opts.model, opts.hub.as_ref())?;
+        Self::from_files(&files, &opts)
     }
 
     /// Loads a model from resolved files.
-    pub fn from_files(files: &ModelFiles, device: &Device) -> Result<Self> {
+    fn from_files(files: &ModelFiles, opts: &EngineOptions) -> Result<Self> {
         let config = ClipConfig::from_file(&files.config)?;
         let preprocess = match &files.preprocessor {
             Some(p) => PreprocessConfig::from_value(
@@ -162,20 +267,46 @@ impl Engine {
             &config.text,
         )?;
         let ckpt = Checkpoint::open(&files.weights)?;
-        let model = ClipModel::load_with(
-            config,
-            &ckpt,
-            device,
-            crate::clip::model::Kernels::from_env(),
-        )?;
+        let model = ClipModel::load_with(config, &ckpt, &opts.device, opts.kernels)?;
         Ok(Engine {
             model,
             tokenizer,
             preprocess,
             source: files.source.clone(),
             fingerprint: fingerprint(files)?,
-            max_pixels: DEFAULT_MAX_PIXELS,
+            max_pixels: opts.max_pixels,
         })
+    }
+
+    /// The network.
+    pub fn model(&self) -> &ClipModel {
+        &self.model
+    }
+
+    /// The tokenizer bound to the model's context length.
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tokenizer
+    }
+
+    /// The image processor settings.
+    pub fn preprocess_config(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    /// Where the model came from (the model as given to [`EngineOptions::new`]).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// A fingerprint of the model files (their config and samples of each weight file), for
+    /// caches and for checking that a head or a shard belongs to this model.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Images with more pixels than this are refused before decoding.
+    pub fn max_pixels(&self) -> u64 {
+        self.max_pixels
     }
 
     /// Width of the embeddings for `features`.
@@ -313,7 +444,8 @@ mod tests {
     #[test]
     fn shared_prefixes_do_not_change_text_embeddings() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
-        let engine = Engine::load(dir.to_str().unwrap(), &Device::Cpu).unwrap();
+        let engine =
+            Engine::try_new(EngineOptions::new(dir.to_str().unwrap()).device(Device::Cpu)).unwrap();
         let classes = [
             "cat",
             "dog",

@@ -119,11 +119,6 @@ pub fn looks_like_hub_id(spec: &str) -> bool {
         })
 }
 
-fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .is_ok_and(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false")
-}
-
 fn hub_files(id: &str, cache: &hf_hub::Cache, offline: bool) -> Result<ModelFiles> {
     let cached = cache.model(id.to_string());
     let local_hint = format!(
@@ -178,14 +173,30 @@ fn hub_files(id: &str, cache: &hf_hub::Cache, offline: bool) -> Result<ModelFile
     })
 }
 
-/// Resolves `--model`: an existing path is a local directory; otherwise `owner/name` is a hub id,
-/// looked up in the Hugging Face cache (`HF_HOME`, `HF_HUB_CACHE`) and downloaded unless
-/// `HF_HUB_OFFLINE` is set.
-pub fn resolve_model(spec: &str) -> Result<ModelFiles> {
-    resolve_model_in(spec, &hf_hub::Cache::from_env(), offline())
+/// Where hub ids are looked up: the Hugging Face cache directory (the binary takes it from
+/// `HF_HOME` / `HF_HUB_CACHE`) and whether downloads are forbidden (`HF_HUB_OFFLINE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubOptions {
+    /// The hub cache directory (`~/.cache/huggingface/hub` by default).
+    pub cache_dir: PathBuf,
+    /// Look only in the cache; never download.
+    pub offline: bool,
 }
 
-/// [`resolve_model`] with an explicit cache and offline flag.
+/// Resolves `--model`: an existing path is a local directory; otherwise `owner/name` is a hub id,
+/// looked up in the cache of `hub` and downloaded unless it is offline. Without `hub`, only
+/// local directories are accepted.
+pub fn resolve_model(spec: &str, hub: Option<&HubOptions>) -> Result<ModelFiles> {
+    match hub {
+        Some(h) => resolve_model_in(spec, &hf_hub::Cache::new(h.cache_dir.clone()), h.offline),
+        None if !Path::new(spec).exists() && looks_like_hub_id(spec) => Err(Error::Hub(format!(
+            "model `{spec}`: not a local directory, and no Hugging Face cache was given to look it up in"
+        ))),
+        None => resolve_model_in(spec, &hf_hub::Cache::new(PathBuf::new()), true),
+    }
+}
+
+/// Resolves `--model` with an explicit cache and offline flag.
 pub fn resolve_model_in(spec: &str, cache: &hf_hub::Cache, offline: bool) -> Result<ModelFiles> {
     let path = Path::new(spec);
     if path.exists() {

@@ -8,6 +8,11 @@ pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod hub;
+// Private: the kernels assume checked arguments and panic otherwise. The `internals` feature
+// exposes them for examples/bench_gemm.rs.
+#[cfg(feature = "internals")]
 pub mod kernels;
+#[cfg(not(feature = "internals"))]
+pub(crate) mod kernels;
 pub mod model;
 pub mod tokenizer;

@@ -26,16 +26,6 @@ pub enum Kernels {
     Candle,
 }
 
-impl Kernels {
-    /// `Candle` when the environment variable `CLIPLABEL_KERNELS` is `candle`, else `Auto`.
-    pub fn from_env() -> Self {
-        match std::env::var("CLIPLABEL_KERNELS") {
-            Ok(v) if v.eq_ignore_ascii_case("candle") => Kernels::Candle,
-            _ => Kernels::Auto,
-        }
-    }
-}
-
 /// A linear layer `x · Wᵀ + b`: packed for cliplabel's kernels, or candle's.
 enum Dense {
     Candle(Linear),

@@ -5,22 +5,70 @@ use crate::classify::classes::ClassList;
 use crate::classify::head::{train, Method, TrainOptions};
 use crate::classify::templates::Templates;
 use crate::classify::zeroshot::ZeroShotClassifier;
-use crate::clip::engine::Engine;
+use std::path::Path;
+
+use crate::clip::engine::{Engine, Features};
 use crate::error::{Error, Result};
 use crate::eval::dataset::LabelledSet;
 use crate::eval::metrics::{evaluate, Metrics};
 use crate::eval::report::{CompareResults, MethodRun};
+use crate::jobs::cache::EmbeddingCache;
+use crate::jobs::writers::Failure;
 use crate::linear_head::Matrix;
 use crate::util::math::l2_normalize;
 use crate::util::rng::SplitMix64;
+
+/// A requested number of labelled examples per class (`--shots`): a positive count or `all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shots {
+    /// `k` examples per class.
+    K(usize),
+    /// Every training example.
+    All,
+}
+
+impl Shots {
+    /// `Some(k)`, or `None` for all.
+    pub fn count(self) -> Option<usize> {
+        match self {
+            Shots::K(k) => Some(k),
+            Shots::All => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Shots {
+    type Err = String;
+    /// A positive number or `all` (any case).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.eq_ignore_ascii_case("all") {
+            return Ok(Shots::All);
+        }
+        s.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&k| k > 0)
+            .map(Shots::K)
+            .ok_or_else(|| format!("`{s}` is not a positive number or `all`"))
+    }
+}
+
+impl std::fmt::Display for Shots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shots::K(k) => write!(f, "{k}"),
+            Shots::All => f.write_str("all"),
+        }
+    }
+}
 
 /// Settings of a comparison.
 #[derive(Debug, Clone)]
 pub struct CompareOptions {
     /// Template sets to evaluate zero-shot (names or files); their union forms the ensemble.
     pub templates: Vec<String>,
-    /// Labelled examples per class to train with; `None` means all.
-    pub shots: Vec<Option<usize>>,
+    /// Labelled examples per class to train with.
+    pub shots: Vec<Shots>,
     /// Random draws of the k examples per shot count.
     pub seeds: usize,
     /// Cross-validation folds for the heads.
@@ -154,7 +202,7 @@ pub fn compare(
         c
     };
     let max_count = counts.iter().copied().max().unwrap_or(0);
-    for &shot in &opts.shots {
+    for shot in opts.shots.iter().map(|s| s.count()) {
         if let Some(k) = shot {
             if k == 0 || k >= max_count {
                 continue;
@@ -213,14 +261,73 @@ pub fn compare(
     })
 }
 
+/// The labelled sets of a comparison, read and checked before the model is loaded.
+pub struct CompareSets {
+    /// The training set (its class folders define the classes).
+    pub train: LabelledSet,
+    /// The test set.
+    pub test: LabelledSet,
+    /// The test labels as indices into the training set's classes.
+    pub test_labels: Vec<usize>,
+}
+
+impl CompareSets {
+    /// Reads the ImageFolder training and test sets, checks that the test classes are training
+    /// classes, and creates the report directory.
+    pub fn load(train: &Path, test: &Path, report_dir: &Path) -> Result<Self> {
+        let train_set = LabelledSet::from_image_folder(train)?;
+        let test_set = LabelledSet::from_image_folder(test)?;
+        let test_labels =
+            test_set.align_to(&train_set.classes, &format!("test set {}", test.display()))?;
+        std::fs::create_dir_all(report_dir).map_err(|e| Error::io(report_dir, e))?;
+        Ok(CompareSets {
+            train: train_set,
+            test: test_set,
+            test_labels,
+        })
+    }
+}
+
+/// `compare`: embeds both sets through the embedding cache in `cache_dir` (failures go to
+/// `on_failure` and are skipped) and runs the comparison; `progress` is told what runs.
+pub fn compare_sets(
+    engine: &Engine,
+    sets: &CompareSets,
+    opts: &CompareOptions,
+    cache_dir: Option<&Path>,
+    batch_size: usize,
+    on_failure: &mut dyn FnMut(&Failure),
+    progress: impl FnMut(&str),
+) -> Result<CompareResults> {
+    let mut cache = EmbeddingCache::open(cache_dir, engine, Features::Projected)?;
+    let (train, f1, _) = embed_set(
+        engine,
+        &mut cache,
+        &sets.train,
+        &sets.train.labels,
+        batch_size,
+    )?;
+    let (test, f2, _) = embed_set(
+        engine,
+        &mut cache,
+        &sets.test,
+        &sets.test_labels,
+        batch_size,
+    )?;
+    for f in f1.iter().chain(&f2) {
+        on_failure(f);
+    }
+    compare(engine, &sets.train.classes, &train, &test, opts, progress)
+}
+
 /// Embeds a labelled set through the cache, reporting failures; returns the usable examples.
 pub fn embed_set(
     engine: &Engine,
-    cache: &mut crate::jobs::cache::EmbeddingCache,
+    cache: &mut EmbeddingCache,
     set: &LabelledSet,
     labels: &[usize],
     batch_size: usize,
-) -> Result<(Embedded, Vec<crate::jobs::writers::Failure>, usize)> {
+) -> Result<(Embedded, Vec<Failure>, usize)> {
     let e = cache.embed(engine, &set.paths, batch_size)?;
     let dim = engine.model.config.projection_dim;
     Ok((Embedded::new(e.rows, labels, dim)?, e.failures, e.encoded))

@@ -24,7 +24,7 @@ struct Entry {
 #[derive(Debug, Serialize, Deserialize)]
 struct Index {
     model_fingerprint: String,
-    features: String,
+    features: Features,
     dim: usize,
     entries: Vec<Entry>,
 }
@@ -62,13 +62,6 @@ fn stat(path: &Path) -> std::io::Result<(String, u64, u128)> {
     Ok((canon.to_string_lossy().into_owned(), meta.len(), mtime))
 }
 
-fn feature_name(f: Features) -> &'static str {
-    match f {
-        Features::Projected => "projected",
-        Features::Pooled => "pooled",
-    }
-}
-
 impl EmbeddingCache {
     /// Opens (or starts) the cache for `engine`'s model under `dir`; `None` keeps it in memory only.
     /// An unreadable or inconsistent cache file is ignored and rebuilt.
@@ -85,11 +78,7 @@ impl EmbeddingCache {
             dirty: false,
         };
         let Some(dir) = dir else { return Ok(c) };
-        let stem = format!(
-            "embeddings-{}-{}",
-            engine.fingerprint,
-            feature_name(features)
-        );
+        let stem = format!("embeddings-{}-{}", engine.fingerprint, features);
         let data = dir.join(format!("{stem}.safetensors"));
         let index = dir.join(format!("{stem}.json"));
         c.files = Some((data.clone(), index.clone()));
@@ -228,7 +217,7 @@ impl EmbeddingCache {
         }
         let ix = Index {
             model_fingerprint: self.fingerprint.clone(),
-            features: feature_name(self.features).into(),
+            features: self.features,
             dim: self.dim,
             entries: self.entries.clone(),
         };

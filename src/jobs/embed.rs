@@ -1,15 +1,164 @@
-//! The `embed` command's files: one f32 tensor `embeddings` (`[rows, dim]`) in a safetensors
-//! file and a JSON sidecar with the model, the row items in order and the failed images.
+//! The `embed` command: image files or prompts to one f32 tensor `embeddings` (`[rows, dim]`)
+//! in a safetensors file and a JSON sidecar with the model, the row items in order and the
+//! failed images. Both files appear only when complete.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::clip::engine::{Engine, Features};
 use crate::error::{Error, Result};
+use crate::images::inputs::read_lines;
+use crate::jobs::pipeline::embed_images;
 use crate::jobs::writers::Failure;
 use crate::util::atomic::write_atomic;
+use crate::util::math::l2_normalize_rows;
 use crate::util::safetensors_io::{write_f32, F32Tensor, SafetensorsFile};
+
+/// What the rows of an embeddings file embed (`kind` in the sidecar and the file's metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingKind {
+    /// Image files.
+    Image,
+    /// Prompts.
+    Text,
+}
+
+impl EmbeddingKind {
+    /// `image` or `text`, as written to the files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmbeddingKind::Image => "image",
+            EmbeddingKind::Text => "text",
+        }
+    }
+}
+
+/// Options of an `embed` run.
+#[derive(Debug, Clone)]
+pub struct EmbedOptions {
+    /// The safetensors file to write (its sidecar goes beside it, see [`sidecar_path`]).
+    pub out: PathBuf,
+    /// Images per model batch (prompts are batched eight times as many).
+    pub batch_size: usize,
+    /// Which features to take.
+    pub features: Features,
+    /// L2-normalise each row.
+    pub normalize: bool,
+}
+
+/// What an image `embed` run reports as it goes.
+#[derive(Debug)]
+pub enum EmbedEvent<'a> {
+    /// An image could not be embedded (it is listed in the sidecar).
+    Failed(&'a Failure),
+    /// A batch is done: `done` of `total` images so far.
+    Embedded {
+        /// Images done (embedded or failed).
+        done: usize,
+        /// Images in the run.
+        total: usize,
+    },
+}
+
+/// The outcome of an `embed` run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedSummary {
+    /// Rows written.
+    pub rows: usize,
+    /// Images that failed.
+    pub failed: usize,
+    /// What the rows embed.
+    pub kind: EmbeddingKind,
+}
+
+/// Embeds image files in batches and writes them (with the failures) to `opts.out`.
+pub fn embed_image_files(
+    engine: &Engine,
+    paths: Vec<PathBuf>,
+    opts: &EmbedOptions,
+    progress: &mut dyn FnMut(EmbedEvent<'_>),
+) -> Result<EmbedSummary> {
+    let total = paths.len();
+    let mut rows = Vec::new();
+    let mut items = Vec::new();
+    let mut failed = Vec::new();
+    let mut done = 0usize;
+    embed_images(engine, paths, opts.batch_size, opts.features, |b| {
+        done += b.ok.len() + b.failed.len();
+        if let Some(t) = &b.embeddings {
+            rows.extend(t.flatten_all()?.to_vec1::<f32>()?);
+        }
+        items.extend(b.ok.iter().map(|p| p.display().to_string()));
+        for (p, e) in b.failed {
+            let f = Failure {
+                path: p.display().to_string(),
+                error: e,
+            };
+            progress(EmbedEvent::Failed(&f));
+            failed.push(f);
+        }
+        progress(EmbedEvent::Embedded { done, total });
+        Ok(())
+    })?;
+    finish(engine, opts, rows, items, failed, EmbeddingKind::Image)
+}
+
+/// Embeds the prompts of `text_file` (one per line) and writes them to `opts.out`.
+pub fn embed_text_file(
+    engine: &Engine,
+    text_file: &Path,
+    opts: &EmbedOptions,
+) -> Result<EmbedSummary> {
+    if opts.features == Features::Pooled {
+        return Err(Error::Input(
+            "--features pooled is only available for images".into(),
+        ));
+    }
+    let prompts = read_lines(text_file)?;
+    if prompts.is_empty() {
+        return Err(Error::Input(format!(
+            "{}: no prompts (the file is empty)",
+            text_file.display()
+        )));
+    }
+    let t = engine.embed_texts(&prompts, opts.batch_size.max(1) * 8)?;
+    let rows: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    finish(engine, opts, rows, prompts, Vec::new(), EmbeddingKind::Text)
+}
+
+fn finish(
+    engine: &Engine,
+    opts: &EmbedOptions,
+    mut rows: Vec<f32>,
+    items: Vec<String>,
+    failed: Vec<Failure>,
+    kind: EmbeddingKind,
+) -> Result<EmbedSummary> {
+    let dim = engine.dim(opts.features, kind == EmbeddingKind::Image);
+    if opts.normalize {
+        l2_normalize_rows(&mut rows, dim);
+    }
+    let summary = EmbedSummary {
+        rows: items.len(),
+        failed: failed.len(),
+        kind,
+    };
+    let sidecar = EmbeddingsSidecar {
+        model: engine.source.clone(),
+        model_fingerprint: engine.fingerprint.clone(),
+        kind,
+        dim,
+        normalized: opts.normalize,
+        features: opts.features,
+        items,
+        failed,
+    };
+    write_embeddings(&opts.out, &rows, &sidecar)?;
+    Ok(summary)
+}
 
 /// The JSON sidecar written next to an embeddings file.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -19,13 +168,13 @@ pub struct EmbeddingsSidecar {
     /// A fingerprint of the model files.
     pub model_fingerprint: String,
     /// `image` or `text`.
-    pub kind: String,
+    pub kind: EmbeddingKind,
     /// Width of each row.
     pub dim: usize,
     /// Whether rows are L2-normalised.
     pub normalized: bool,
     /// `projected` or `pooled`.
-    pub features: String,
+    pub features: Features,
     /// Paths or prompts, in row order.
     pub items: Vec<String>,
     /// Images that failed, with reasons.
@@ -59,7 +208,7 @@ pub fn write_embeddings(out: &Path, rows: &[f32], sidecar: &EmbeddingsSidecar) -
     write_atomic(&side, &json).map_err(|e| Error::io(&side, e))?;
     let meta = BTreeMap::from([
         ("model".to_string(), sidecar.model.clone()),
-        ("kind".to_string(), sidecar.kind.clone()),
+        ("kind".to_string(), sidecar.kind.as_str().to_string()),
     ]);
     let tensor = F32Tensor {
         name: "embeddings",
@@ -103,10 +252,10 @@ mod tests {
         let side = EmbeddingsSidecar {
             model: "m".into(),
             model_fingerprint: "f".into(),
-            kind: "image".into(),
+            kind: EmbeddingKind::Image,
             dim: 2,
             normalized: false,
-            features: "projected".into(),
+            features: Features::Projected,
             items: vec!["a".into(), "b".into()],
             failed: vec![],
         };

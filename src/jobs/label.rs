@@ -1,13 +1,16 @@
 //! The labelling job shared by `label` (zero-shot) and `predict` (linear head): stream images
 //! through the model in batches, score them, append rows, organise files, report progress.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::classify::classes::ClassList;
+use crate::classify::head::Head;
 use crate::classify::scores::{top_k, Abstention, Scorer, Scores};
+use crate::classify::templates::Templates;
+use crate::classify::zeroshot::ZeroShotClassifier;
 use crate::clip::engine::Engine;
 use crate::error::{Error, Result};
 use crate::jobs::cache::EmbeddingCache;
@@ -34,8 +37,17 @@ pub struct JobOptions {
     pub force: bool,
     /// Lay images out as `DIR/<label>/<file>`.
     pub organize: Option<(PathBuf, LinkMode)>,
-    /// No progress output.
-    pub quiet: bool,
+}
+
+/// Which kind of classifier labelled a run (`method` in `OUT.run.json`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum RunMethod {
+    /// Zero-shot prompts (`label`).
+    #[serde(rename = "zero-shot")]
+    ZeroShot,
+    /// A head trained by `fit` (`predict`).
+    #[serde(rename = "head")]
+    Head,
 }
 
 /// What identifies a run, stored as `OUT.run.json` so that `--resume` (and merging) can refuse
@@ -47,7 +59,7 @@ pub struct RunInfo {
     /// Fingerprint of the model files.
     pub model_fingerprint: String,
     /// The scorer: `zero-shot` or `head`.
-    pub method: String,
+    pub method: RunMethod,
     /// A key of the classifier (classes, prompts, or head weights).
     pub scorer_key: String,
     /// Class labels in score order.
@@ -114,69 +126,23 @@ pub fn make_row(
     }
 }
 
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    quiet: bool,
-    last: Instant,
-    start: Instant,
-    total: usize,
-    done: usize,
-}
-
-impl Progress {
-    fn new(total: usize, quiet: bool) -> Self {
-        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let b = indicatif::ProgressBar::new(total as u64);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b
-        });
-        Progress {
-            bar,
-            quiet,
-            last: Instant::now(),
-            start: Instant::now(),
-            total,
-            done: 0,
-        }
-    }
-
-    fn add(&mut self, n: usize) {
-        self.done += n;
-        if let Some(b) = &self.bar {
-            b.inc(n as u64);
-        } else if !self.quiet
-            && (self.last.elapsed() >= Duration::from_secs(10) || self.done == self.total)
-        {
-            self.last = Instant::now();
-            let rate = self.done as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
-            let eta = (self.total - self.done) as f64 / rate.max(1e-9);
-            eprintln!(
-                "{}/{} images, {rate:.1} images/s, ETA {eta:.0} s",
-                self.done, self.total
-            );
-        }
-    }
-
-    fn warn(&self, msg: &str) {
-        if self.quiet {
-            return;
-        }
-        match &self.bar {
-            Some(b) => b.println(msg),
-            None => eprintln!("{msg}"),
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
-    }
+/// What a labelling run reports as it goes, for a progress display (the library prints
+/// nothing; the binary draws a bar or prints lines).
+#[derive(Debug)]
+pub enum JobEvent<'a> {
+    /// Labelling starts, with this many images to do (those already in a resumed output are
+    /// not counted).
+    Started {
+        /// Images to label in this run.
+        total: usize,
+    },
+    /// An image failed, or was labelled but could not be organised; it is listed in the
+    /// failure file.
+    Failed(&'a Failure),
+    /// This many more images are done (labelled or failed).
+    Advanced(usize),
+    /// Every image is done and the cache is saved.
+    Finished,
 }
 
 /// Labels `paths` with `scorer`, writing rows to `opts.out` as it goes. With an embedding
@@ -188,6 +154,7 @@ pub fn run_job(
     paths: Vec<PathBuf>,
     opts: &JobOptions,
     cache: Option<&mut EmbeddingCache>,
+    progress: &mut dyn FnMut(JobEvent<'_>),
 ) -> Result<Summary> {
     let start = Instant::now();
     let classes = scorer.classes();
@@ -240,7 +207,7 @@ pub fn run_job(
         skipped: total - todo.len(),
         ..Summary::default()
     };
-    let mut progress = Progress::new(todo.len(), opts.quiet);
+    progress(JobEvent::Started { total: todo.len() });
     let features = scorer.features();
     let dim = engine.dim(features, true);
     // Images whose embeddings are cached are scored without running the model.
@@ -276,13 +243,13 @@ pub fn run_job(
                 rows.push(row);
             }
             for f in &failures {
-                progress.warn(&format!("warning: {}: {}", f.path, f.error));
+                progress(JobEvent::Failed(f));
             }
             summary.labelled += rows.len();
             summary.abstained += rows.iter().filter(|r| r.abstained).count();
             writer.write_batch(&rows)?;
             failed.write(&failures)?;
-            progress.add(ok.len() + failed_now.len());
+            progress(JobEvent::Advanced(ok.len() + failed_now.len()));
             Ok(())
         };
     let n_cached = cached.len();
@@ -319,9 +286,60 @@ pub fn run_job(
         }
         c.save()?;
     }
-    progress.finish();
+    progress(JobEvent::Finished);
     summary.failed = failed.count();
     summary.cached = n_cached;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// `label`: labels `paths` zero-shot with prompts made of `classes` and `templates`. The class
+/// embeddings are loaded from, or saved to, `cache_dir` when one is given.
+pub fn label_zero_shot(
+    engine: &Engine,
+    classes: &ClassList,
+    templates: &Templates,
+    cache_dir: Option<&Path>,
+    paths: Vec<PathBuf>,
+    opts: &JobOptions,
+    progress: &mut dyn FnMut(JobEvent<'_>),
+) -> Result<Summary> {
+    let (clf, _cached) = ZeroShotClassifier::load_or_build(engine, classes, templates, cache_dir)?;
+    let info = RunInfo {
+        model: engine.source.clone(),
+        model_fingerprint: engine.fingerprint.clone(),
+        method: RunMethod::ZeroShot,
+        scorer_key: ZeroShotClassifier::cache_key(engine, classes, templates),
+        classes: clf.classes.clone(),
+        top_k: opts.top_k,
+    };
+    run_job(engine, &clf, &info, paths, opts, None, progress)
+}
+
+/// `predict`: labels `paths` with `head` (read from `head_path`), after checking that it was
+/// trained for this engine's model. Image embeddings are read from and added to the embedding
+/// cache in `cache_dir` when one is given.
+pub fn predict_with_head(
+    engine: &Engine,
+    head: &Head,
+    head_path: &Path,
+    cache_dir: Option<&Path>,
+    paths: Vec<PathBuf>,
+    opts: &JobOptions,
+    progress: &mut dyn FnMut(JobEvent<'_>),
+) -> Result<Summary> {
+    head.check_model(engine, head_path)?;
+    let info = RunInfo {
+        model: engine.source.clone(),
+        model_fingerprint: engine.fingerprint.clone(),
+        method: RunMethod::Head,
+        scorer_key: Head::file_key(head_path)?,
+        classes: head.meta.classes.clone(),
+        top_k: opts.top_k,
+    };
+    let mut cache = match cache_dir {
+        Some(d) => Some(EmbeddingCache::open(Some(d), engine, head.features())?),
+        None => None,
+    };
+    run_job(engine, head, &info, paths, opts, cache.as_mut(), progress)
 }

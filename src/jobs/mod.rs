@@ -1,11 +1,12 @@
 //! The commands' work over many images: the bounded embedding pipeline ([`pipeline`]), the
 //! labelling job shared by `label` and `predict` ([`label`]), its output and failure files
-//! ([`writers`]), `--organize` ([`organize`]), the embedding cache ([`cache`]), the `embed`
-//! command's files ([`embed`]) and sharded runs on a cluster ([`cluster`]).
+//! ([`writers`]), `--organize` ([`organize`]), the embedding cache ([`cache`]), the `embed` and
+//! `fit` commands ([`embed`], [`fit`]) and sharded runs on a cluster ([`cluster`]).
 
 pub mod cache;
 pub mod cluster;
 pub mod embed;
+pub mod fit;
 pub mod label;
 pub mod organize;
 pub mod pipeline;

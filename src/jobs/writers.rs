@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::util::atomic::write_atomic;
 
 /// One image that could not be processed.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -316,6 +317,30 @@ pub fn failed_path(out: &Path) -> PathBuf {
     out.with_file_name(format!("{name}.failed.jsonl"))
 }
 
+/// Failures as JSON lines, the format of every `*.failed.jsonl` list.
+fn failures_jsonl(failures: &[Failure]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for f in failures {
+        // Two strings always serialise.
+        buf.extend(serde_json::to_vec(f).unwrap_or_default());
+        buf.push(b'\n');
+    }
+    buf
+}
+
+/// Writes the complete failure list of `out` (`OUT.failed.jsonl`) atomically, or removes an old
+/// one when there are no failures: for outputs written in one go (a head, a merged run).
+pub fn write_failure_list(out: &Path, failures: &[Failure]) -> Result<()> {
+    let path = failed_path(out);
+    if failures.is_empty() {
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+        return Ok(());
+    }
+    write_atomic(&path, &failures_jsonl(failures)).map_err(|e| Error::io(&path, e))
+}
+
 /// An append-only JSONL list of failures, started afresh for each run (failed images are retried
 /// on `--resume`, so only this run's failures are listed).
 pub struct FailedWriter {
@@ -347,14 +372,7 @@ impl FailedWriter {
         if self.file.is_none() {
             self.file = Some(File::create(&self.path).map_err(|e| Error::io(&self.path, e))?);
         }
-        let mut buf = Vec::new();
-        for f in failures {
-            serde_json::to_writer(&mut buf, f).map_err(|e| Error::Output {
-                path: self.path.clone(),
-                message: e.to_string(),
-            })?;
-            buf.push(b'\n');
-        }
+        let buf = failures_jsonl(failures);
         if let Some(file) = self.file.as_mut() {
             file.write_all(&buf).map_err(|e| Error::io(&self.path, e))?;
             file.flush().map_err(|e| Error::io(&self.path, e))?;

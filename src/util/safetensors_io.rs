@@ -36,11 +36,6 @@ pub enum SafetensorsError {
 
 type Result<T> = std::result::Result<T, SafetensorsError>;
 
-/// Little-endian bytes of f32 values, as safetensors stores them.
-pub fn f32_to_le_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
 /// f32 values from little-endian bytes (a trailing partial value is ignored).
 pub fn f32_from_le_bytes(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
@@ -201,6 +196,11 @@ impl SafetensorsFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Little-endian bytes of f32 values, as safetensors stores them.
+    fn f32_to_le_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
 
     fn view<'a>(shape: Vec<usize>, bytes: &'a [u8]) -> safetensors::tensor::TensorView<'a> {
         safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, bytes).unwrap()

@@ -80,24 +80,16 @@ impl PackedWeight {
         }
     }
 
-    /// Output features.
-    pub fn out_features(&self) -> usize {
-        self.n
-    }
-
-    /// Input features.
-    pub fn in_features(&self) -> usize {
-        self.k
-    }
-
     /// `out = x · Wᵀ + b` for `x` of `m` rows of `k` values; `out` holds `m * n` values.
     ///
     /// Panics if the CPU lacks AVX-512 (check [`available`]) or the lengths disagree.
+    #[cfg(test)]
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
         self.matmul_then(x, m, out, Epilogue::None)
     }
 
-    /// As [`PackedWeight::matmul`], applying `epilogue` to each result as it is stored.
+    /// As `PackedWeight::matmul`, applying `epilogue` to each result as it is stored.
+    #[cfg(test)]
     pub fn matmul_then(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: Epilogue) {
         assert_eq!(out.len(), m * self.n, "output must hold m * n values");
         // SAFETY: `out` holds m * n values.

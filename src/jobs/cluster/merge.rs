@@ -23,8 +23,7 @@ use crate::jobs::cluster::shard::{
 };
 use crate::jobs::embed::{read_embeddings, sidecar_path, write_embeddings};
 use crate::jobs::label::{run_info_path, RunInfo};
-use crate::jobs::writers::Failure;
-use crate::jobs::writers::{failed_path, Format};
+use crate::jobs::writers::{failed_path, write_failure_list, Failure, Format};
 use crate::util::atomic::write_atomic;
 
 /// Options of [`merge`].
@@ -602,25 +601,11 @@ fn merge_labels(out: &Path, data: &[ShardData]) -> Result<MergeReport> {
     for (_, r) in &rows {
         body.push_str(r);
     }
-    let mut failed_body = Vec::new();
-    for (_, f) in &failures {
-        serde_json::to_writer(&mut failed_body, f).map_err(|e| Error::Output {
-            path: failed_path(out),
-            message: e.to_string(),
-        })?;
-        failed_body.push(b'\n');
-    }
     // The run description and failures first, so that a complete OUT always has its companions.
     let info_path = run_info_path(out);
     write_atomic(&info_path, &infos[0].0).map_err(|e| Error::io(&info_path, e))?;
-    let fp = failed_path(out);
-    if failures.is_empty() {
-        if fp.exists() {
-            std::fs::remove_file(&fp).map_err(|e| Error::io(&fp, e))?;
-        }
-    } else {
-        write_atomic(&fp, &failed_body).map_err(|e| Error::io(&fp, e))?;
-    }
+    let failures: Vec<Failure> = failures.into_iter().map(|(_, f)| f).collect();
+    write_failure_list(out, &failures)?;
     write_atomic(out, body.as_bytes()).map_err(|e| Error::io(out, e))?;
     Ok(MergeReport {
         kind: MergedKind::Labels,
@@ -743,7 +728,7 @@ mod tests {
         RunInfo {
             model: "m".into(),
             model_fingerprint: "f".into(),
-            method: "zero-shot".into(),
+            method: crate::jobs::label::RunMethod::ZeroShot,
             scorer_key: "k".into(),
             classes: vec!["cat".into(), "dog".into()],
             top_k: 2,

@@ -146,15 +146,6 @@ impl Shard {
         Ok(None)
     }
 
-    /// [`Shard::resolve`] on the process environment.
-    pub fn from_env(
-        explicit: Option<Shard>,
-        from_env: bool,
-        shard_count: Option<usize>,
-    ) -> Result<Option<Shard>> {
-        Shard::resolve(explicit, from_env, shard_count, |k| std::env::var(k).ok())
-    }
-
     /// Whether `key` (see [`shard_key`]) belongs to this shard.
     pub fn contains_key(&self, key: &[u8]) -> bool {
         shard_of_key(key, self.count) == self.index
@@ -406,6 +397,98 @@ impl ShardPlan {
             message: e.to_string(),
         })?;
         write_atomic(&path, &json).map_err(|e| Error::io(&path, e))
+    }
+}
+
+/// What a task was asked about sharding (`--shard`, `--shard-from-env`, `--shard-count`,
+/// `--no-shard`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardRequest {
+    /// `--shard I/N`.
+    pub shard: Option<Shard>,
+    /// `--shard-from-env`.
+    pub from_env: bool,
+    /// `--shard-count N`.
+    pub count: Option<usize>,
+    /// `--no-shard`: process every input even inside an array job.
+    pub no_shard: bool,
+}
+
+/// A task's inputs after sharding: its images and output path, and what to tell the user.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// The images this task processes, in input order.
+    pub paths: Vec<PathBuf>,
+    /// Where it writes (the shard's output path when sharded).
+    pub out: PathBuf,
+    /// The shard, when sharded.
+    pub shard: Option<Shard>,
+    /// How many images there were before sharding.
+    pub total: usize,
+    /// Notes to show even in quiet mode: a shard taken from the Slurm array without being
+    /// asked for, or an array task that processes every input.
+    pub notes: Vec<String>,
+}
+
+impl ShardRequest {
+    /// Whether any of `--shard`, `--shard-from-env`, `--shard-count` was given.
+    pub fn is_set(&self) -> bool {
+        self.shard.is_some() || self.from_env || self.count.is_some()
+    }
+
+    /// Narrows `paths` (collected from `roots`) to this task's shard and writes the shard's
+    /// manifest; unchanged when not sharded. The scheduler's variables are read through `env`.
+    ///
+    /// The policy: without any sharding option, a task of a Slurm array with more than one
+    /// task takes its shard from `SLURM_ARRAY_TASK_ID` as `--shard-from-env` does, with a note
+    /// saying so; `--no-shard` turns that off. An unsharded task inside an array job gets a
+    /// note that it processes every input.
+    pub fn select(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+        roots: &[PathBuf],
+        paths: Vec<PathBuf>,
+        out: &Path,
+    ) -> Result<Selection> {
+        let mut notes = Vec::new();
+        let in_slurm_array = env("SLURM_ARRAY_TASK_ID").is_some_and(|v| !v.trim().is_empty())
+            && unsharded_note(&env).is_some();
+        let auto = !self.no_shard && !self.is_set() && in_slurm_array;
+        let shard = if auto {
+            let s = Shard::resolve(None, true, None, &env)?;
+            if let Some(s) = s {
+                notes.push(format!(
+                    "note: shard {s} taken from the Slurm array (SLURM_ARRAY_TASK_ID); pass --no-shard to process every input"
+                ));
+            }
+            s
+        } else if self.no_shard {
+            None
+        } else {
+            Shard::resolve(self.shard, self.from_env, self.count, &env)?
+        };
+        let total = paths.len();
+        let Some(shard) = shard else {
+            if !self.no_shard {
+                notes.extend(unsharded_note(&env));
+            }
+            return Ok(Selection {
+                paths,
+                out: out.to_path_buf(),
+                shard: None,
+                total,
+                notes,
+            });
+        };
+        let plan = ShardPlan::new(shard, roots, &paths, out);
+        plan.write_manifest()?;
+        Ok(Selection {
+            paths: plan.paths,
+            out: plan.out,
+            shard: Some(shard),
+            total,
+            notes,
+        })
     }
 }
 
