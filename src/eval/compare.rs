@@ -144,6 +144,45 @@ fn zero_shot_metrics(zs: &ZeroShotClassifier, test: &Embedded, n_classes: usize)
     evaluate(&scores, &test.labels, n_classes)
 }
 
+/// The shot counts to run for the requested ones (`None`: every training image), in request
+/// order, with a note for every requested value that is run differently or skipped.
+///
+/// `k` images per class of a training set whose largest class has `max_count` images is, when
+/// `k >= max_count`, every image of every class: the same training set as `all`. Such a `k` is
+/// run as `all` (once: its seeds would all draw the same set), or skipped when `all` is run
+/// anyway; a value requested twice is run once.
+pub fn plan_shots(requested: &[Shots], max_count: usize) -> (Vec<Option<usize>>, Vec<String>) {
+    let all_requested = requested.contains(&Shots::All);
+    let mut plan: Vec<Option<usize>> = Vec::new();
+    let mut notes = Vec::new();
+    for &s in requested {
+        let run = match s {
+            Shots::K(k) if k >= max_count => {
+                let why = format!(
+                    "no class has more than {max_count} training images, so {k} per class is every image"
+                );
+                if all_requested {
+                    notes.push(format!("shots {k}: {why}, the same as `all`; skipped"));
+                    continue;
+                }
+                if plan.contains(&None) {
+                    notes.push(format!("shots {k}: {why}, already run as `all`; skipped"));
+                    continue;
+                }
+                notes.push(format!("shots {k}: {why}; run as `all`"));
+                None
+            }
+            other => other.count(),
+        };
+        if plan.contains(&run) {
+            notes.push(format!("shots {s}: requested twice; run once"));
+            continue;
+        }
+        plan.push(run);
+    }
+    (plan, notes)
+}
+
 /// Runs the comparison on embedded train and test sets; `progress` is told what runs.
 pub fn compare(
     engine: &Engine,
@@ -202,12 +241,11 @@ pub fn compare(
         c
     };
     let max_count = counts.iter().copied().max().unwrap_or(0);
-    for shot in opts.shots.iter().map(|s| s.count()) {
-        if let Some(k) = shot {
-            if k == 0 || k >= max_count {
-                continue;
-            }
-        }
+    let (plan, notes) = plan_shots(&opts.shots, max_count);
+    for note in &notes {
+        progress(&format!("note: {note}"));
+    }
+    for shot in plan {
         let seeds = if shot.is_some() { opts.seeds.max(1) } else { 1 };
         for method in [Method::Probe, Method::ZeroShotInit, Method::Interpolate] {
             let mut per_seed = Vec::new();
@@ -258,6 +296,7 @@ pub fn compare(
         n_test: test_set.labels.len(),
         seeds: opts.seeds,
         runs,
+        notes,
     })
 }
 
@@ -336,6 +375,40 @@ pub fn embed_set(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--shots 1,2,4,8,16` on 16 images per class used to report 1-8 only: 16 was dropped
+    /// without a word. It is every image, so it runs as `all`, with a note.
+    #[test]
+    fn a_shot_count_that_takes_every_image_runs_as_all_with_a_note() {
+        let k = |v: &[usize]| v.iter().map(|&k| Shots::K(k)).collect::<Vec<_>>();
+        let (plan, notes) = plan_shots(&k(&[1, 2, 4, 8, 16]), 16);
+        assert_eq!(plan, vec![Some(1), Some(2), Some(4), Some(8), None]);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("shots 16:") && notes[0].ends_with("run as `all`"));
+
+        // With `all` requested too, 16 and 32 are skipped, each with its note.
+        let mut req = k(&[1, 16, 32]);
+        req.push(Shots::All);
+        let (plan, notes) = plan_shots(&req, 16);
+        assert_eq!(plan, vec![Some(1), None]);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("shots 16:") && notes[0].ends_with("skipped"));
+        assert!(notes[1].starts_with("shots 32:") && notes[1].ends_with("skipped"));
+
+        // A second value that means every image, and a repeated value, are skipped with notes.
+        let (plan, notes) = plan_shots(&k(&[4, 20, 16, 4]), 16);
+        assert_eq!(plan, vec![Some(4), None]);
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(notes[1].contains("already run as `all`"));
+        assert!(notes[2].starts_with("shots 4: requested twice"));
+
+        // Below the largest class, k is a real subset and runs as asked.
+        let (plan, notes) = plan_shots(&k(&[15]), 16);
+        assert_eq!((plan, notes.len()), (vec![Some(15)], 0));
+        assert_eq!("all".parse::<Shots>(), Ok(Shots::All));
+        assert_eq!(" 8".parse::<Shots>(), Ok(Shots::K(8)));
+        assert!("0".parse::<Shots>().is_err() && "x".parse::<Shots>().is_err());
+    }
 
     #[test]
     fn k_shot_draws_are_deterministic_and_stratified() {

@@ -127,6 +127,9 @@ pub(crate) fn markdown(f: &ResultsFile) -> String {
             ""
         }
     );
+    for note in &r.notes {
+        let _ = writeln!(md, "- Note: {note}");
+    }
     let _ = writeln!(
         md,
         "- All numbers are percentages on the test set{}; \"Shots\" is labelled training \

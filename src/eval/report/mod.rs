@@ -49,6 +49,9 @@ pub struct CompareResults {
     pub seeds: usize,
     /// The evaluated runs, in the order the report lists them.
     pub runs: Vec<MethodRun>,
+    /// Requested shot counts that were run differently or skipped, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// One method at one setting (one shot count), evaluated once per seed.
@@ -561,6 +564,7 @@ mod tests {
             n_test: n_classes * per_class,
             seeds: 3,
             runs,
+            notes: Vec::new(),
         }
     }
 
