@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::classify::zeroshot::{normalize_in_place, Scores, ZeroShotClassifier};
 use crate::clip::engine::{Engine, Features};
 use crate::error::{Error, Result};
 use crate::jobs::label::Scorer;
@@ -13,7 +14,6 @@ use crate::linear_head::{
     LinearHead, Matrix,
 };
 use crate::util::atomic::{f32_to_le_bytes, write_atomic, SafetensorsFile};
-use crate::classify::zeroshot::{normalize_in_place, Scores, ZeroShotClassifier};
 
 /// How a head is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -376,26 +376,22 @@ impl Scorer for Head {
         &self.meta.classes
     }
 
-    fn score(&self, embeddings: &[f32]) -> Vec<Scores> {
+    fn score(&self, embeddings: &[f32]) -> crate::error::Result<Vec<Scores>> {
         let d = self.meta.dim;
         let mut rows = embeddings.to_vec();
         for r in rows.chunks_exact_mut(d) {
             normalize_in_place(r);
         }
         let n = rows.len() / d;
-        let Ok(x) = Matrix::new(n, d, rows) else {
-            return Vec::new();
-        };
-        let Ok(logits) = self.linear.predict_logits(&x) else {
-            return Vec::new();
-        };
+        let x = Matrix::new(n, d, rows)?;
+        let logits = self.linear.predict_logits(&x)?;
         let p = softmax_rows(&logits);
-        (0..n)
+        Ok((0..n)
             .map(|i| Scores {
                 probs: p.row(i).to_vec(),
                 cosines: Vec::new(),
             })
-            .collect()
+            .collect())
     }
 
     fn features(&self) -> Features {

@@ -8,10 +8,10 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::clip::config::{ClipConfig, ModelFiles, PreprocessConfig};
-use crate::error::{Error, Result};
 use crate::clip::model::{Checkpoint, ClipModel};
-use crate::images::preprocess::{self, Pixels, DEFAULT_MAX_PIXELS};
 use crate::clip::tokenizer::ClipTokenizer;
+use crate::error::{Error, Result};
+use crate::images::preprocess::{self, Pixels, DEFAULT_MAX_PIXELS};
 
 /// Which features to take from a tower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -172,7 +172,12 @@ impl Engine {
             &config.text,
         )?;
         let ckpt = Checkpoint::open(&files.weights)?;
-        let model = ClipModel::load_with(config, &ckpt, device, crate::clip::model::Kernels::from_env())?;
+        let model = ClipModel::load_with(
+            config,
+            &ckpt,
+            device,
+            crate::clip::model::Kernels::from_env(),
+        )?;
         Ok(Engine {
             model,
             tokenizer,
@@ -321,7 +326,11 @@ where
                 let done: Vec<(PathBuf, Result<Pixels>)> = chunk
                     .into_par_iter()
                     .map(|p| {
-                        let r = engine.load_pixels(&p);
+                        // A decoder panic fails this image only (see util::isolate).
+                        let r = crate::util::isolate::isolated(&p, || {
+                            crate::images::inputs::check_input(&p)?;
+                            engine.load_pixels(&p)
+                        });
                         (p, r)
                     })
                     .collect();
@@ -366,7 +375,14 @@ where
             }
         }
         drop(rx);
-        let _ = producer.join();
+        if let Err(payload) = producer.join() {
+            if result.is_ok() {
+                result = Err(Error::Input(format!(
+                    "the image reading thread crashed: {}",
+                    crate::util::isolate::panic_message(payload.as_ref())
+                )));
+            }
+        }
         result
     })
 }

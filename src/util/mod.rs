@@ -2,3 +2,5 @@
 //! only when complete ([`atomic`]).
 
 pub mod atomic;
+pub mod isolate;
+pub mod pathtext;
