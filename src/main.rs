@@ -12,7 +12,9 @@ use cliplabel::clip::engine::{embed_images, Engine, Features};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use cliplabel::jobs::label::{run_job, JobOptions, RunInfo, Summary};
 use cliplabel::jobs::organize::LinkMode;
+use cliplabel::jobs::tally::Tally;
 use cliplabel::util::atomic::{write_embeddings, EmbeddingsSidecar, Failure};
+use cliplabel::util::pathtext::path_text;
 use cliplabel::classify::classes::{ClassList, Templates};
 use cliplabel::classify::zeroshot::{Abstention, ZeroShotClassifier};
 
@@ -184,8 +186,11 @@ fn print_summary(s: &Summary, out: &std::path::Path, quiet: bool) {
     if s.cached > 0 {
         line.push_str(&format!(" ({} from the embedding cache)", s.cached));
     }
+    if s.unplaced > 0 {
+        line.push_str(&format!(" ({} labelled but not organised)", s.unplaced));
+    }
     eprintln!("{line}");
-    if s.failed > 0 {
+    if s.failed + s.unplaced > 0 {
         eprintln!(
             "failures listed in {}",
             cliplabel::jobs::writers::failed_path(out).display()
@@ -326,18 +331,18 @@ fn run_embed(a: EmbedArgs) -> anyhow::Result<ExitCode> {
         let mut items = Vec::new();
         let mut failed = Vec::new();
         let mut done = 0usize;
-        embed_images(&engine, paths, a.model.batch_size, features, |b| {
+        let run = embed_images(&engine, paths, a.model.batch_size, features, |b| {
             done += b.ok.len() + b.failed.len();
             if let Some(t) = &b.embeddings {
                 rows.extend(t.flatten_all()?.to_vec1::<f32>()?);
             }
-            items.extend(b.ok.iter().map(|p| p.display().to_string()));
+            items.extend(b.ok.iter().map(|p| path_text(p)));
             for (p, e) in b.failed {
                 if !a.quiet {
                     eprintln!("warning: {}: {e}", p.display());
                 }
                 failed.push(Failure {
-                    path: p.display().to_string(),
+                    path: path_text(&p),
                     error: e,
                 });
             }
@@ -345,7 +350,18 @@ fn run_embed(a: EmbedArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("embedded {done}/{total}");
             }
             Ok(())
-        })?;
+        });
+        if let Err(e) = run {
+            // Nothing is written: every image of this run is left undone.
+            return Err(cliplabel::jobs::tally::stopped(done, total, e).into());
+        }
+        Tally {
+            inputs: total,
+            done: items.len(),
+            failed: failed.len(),
+            ..Tally::default()
+        }
+        .check("embed")?;
         (rows, items, failed, "image")
     };
     let dim = engine.dim(features, kind == "image");
@@ -690,6 +706,13 @@ fn run_fit(a: FitArgs) -> anyhow::Result<ExitCode> {
     }
     let dim = engine.dim(features, true);
     let data = cliplabel::eval::compare::Embedded::new(rows, &set.labels, dim)?;
+    Tally {
+        inputs: set.paths.len(),
+        done: data.labels.len(),
+        failed: failures.len(),
+        ..Tally::default()
+    }
+    .check("fit (training images)")?;
     let counts = {
         let mut c = vec![0usize; set.classes.len()];
         for &l in &data.labels {
@@ -920,6 +943,26 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<ExitCode> {
             eprintln!("warning: {}: {} (skipped)", f.path, f.error);
         }
     }
+    for (what, set, used, failed) in [
+        ("compare --train", &train_set, train.labels.len(), &f1),
+        ("compare --test", &test_set, test.labels.len(), &f2),
+    ] {
+        Tally {
+            inputs: set.paths.len(),
+            done: used,
+            failed: failed.len(),
+            ..Tally::default()
+        }
+        .check(what)?;
+    }
+    // Images that could not be embedded are listed beside the report, with the reason.
+    let failed_list = a.report.join("failed.jsonl");
+    let all_failed: Vec<Failure> = f1.iter().chain(&f2).cloned().collect();
+    if all_failed.is_empty() {
+        let _ = std::fs::remove_file(&failed_list);
+    } else {
+        write_failures(&failed_list, &all_failed)?;
+    }
     let opts = CompareOptions {
         templates: a.templates.clone(),
         shots,
@@ -935,12 +978,30 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<ExitCode> {
     cliplabel::eval::report::write_report(&a.report, &results)?;
     println!("{}", cliplabel::eval::report::summary_table(&results));
     if !a.quiet {
+        eprintln!(
+            "train: {} used, {} failed; test: {} used, {} failed",
+            train.labels.len(),
+            f1.len(),
+            test.labels.len(),
+            f2.len()
+        );
+        if !all_failed.is_empty() {
+            eprintln!("failures listed in {}", failed_list.display());
+        }
         eprintln!("report written to {}", a.report.display());
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
+    // Panics caught per image (cliplabel::util::isolate) are reported as that image's failure;
+    // every other panic is printed as usual.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !cliplabel::util::isolate::in_isolation() {
+            default_hook(info);
+        }
+    }));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Label(a) => run_label(a),

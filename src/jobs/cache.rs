@@ -56,7 +56,7 @@ fn stat(path: &Path) -> std::io::Result<(String, u64, u128)> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    Ok((canon.to_string_lossy().into_owned(), meta.len(), mtime))
+    Ok((crate::util::pathtext::path_text(&canon), meta.len(), mtime))
 }
 
 fn feature_name(f: Features) -> &'static str {
@@ -188,14 +188,14 @@ impl EmbeddingCache {
             for (p, e) in b.failed {
                 failed_set.insert(p.clone());
                 failures.push(Failure {
-                    path: p.display().to_string(),
+                    path: crate::util::pathtext::path_text(&p),
                     error: e,
                 });
             }
             Ok(())
         })?;
         self.save()?;
-        let out = paths
+        let out: Vec<Option<Vec<f32>>> = paths
             .iter()
             .map(|p| {
                 if failed_set.contains(p) {
@@ -205,6 +205,16 @@ impl EmbeddingCache {
                     .map(|i| self.rows[i * dim..(i + 1) * dim].to_vec())
             })
             .collect();
+        // An image embedded but not found again (changed or removed during the run) is a
+        // failure too, never a silent gap.
+        for (p, r) in paths.iter().zip(&out) {
+            if r.is_none() && !failed_set.contains(p) {
+                failures.push(Failure {
+                    path: crate::util::pathtext::path_text(p),
+                    error: "changed or removed while it was being embedded".into(),
+                });
+            }
+        }
         Ok(Embeddings {
             rows: out,
             failures,
