@@ -79,7 +79,9 @@ fn mixed_folder(dir: &Path) -> Mixed {
     let mut s = 7u64;
     let random: Vec<u8> = (0..2000)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (s >> 56) as u8
         })
         .collect();
@@ -161,10 +163,18 @@ fn check_accounted(m: &Mixed, done: &[String], failed: &BTreeMap<String, String>
     for p in &done_set {
         assert!(!failed.contains_key(p), "{what}: {p} both done and failed");
     }
-    let all: BTreeSet<String> = done_set.union(&failed.keys().cloned().collect()).cloned().collect();
-    assert_eq!(all, m.inputs, "{what}: outputs + failures differ from the inputs");
+    let all: BTreeSet<String> = done_set
+        .union(&failed.keys().cloned().collect())
+        .cloned()
+        .collect();
+    assert_eq!(
+        all, m.inputs,
+        "{what}: outputs + failures differ from the inputs"
+    );
     for (p, frag) in &m.must_fail {
-        let e = failed.get(p).unwrap_or_else(|| panic!("{what}: {p} not listed as failed"));
+        let e = failed
+            .get(p)
+            .unwrap_or_else(|| panic!("{what}: {p} not listed as failed"));
         assert!(e.contains(frag), "{what}: {p}: reason `{e}` lacks `{frag}`");
     }
     assert!(
@@ -173,7 +183,10 @@ fn check_accounted(m: &Mixed, done: &[String], failed: &BTreeMap<String, String>
         failed[&m.crasher]
     );
     for p in &m.after_crasher {
-        assert!(done_set.contains(p), "{what}: {p} (after the crasher) not done");
+        assert!(
+            done_set.contains(p),
+            "{what}: {p} (after the crasher) not done"
+        );
     }
 }
 
@@ -217,7 +230,10 @@ fn label_accounts_for_every_input_in_csv_and_jsonl() {
         );
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(0), "{err}");
-        assert!(!err.contains("panicked"), "a caught panic was printed: {err}");
+        assert!(
+            !err.contains("panicked"),
+            "a caught panic was printed: {err}"
+        );
         let rows: Vec<String> = if ext == "csv" {
             read_csv(&out)[1..].iter().map(|r| r[0].clone()).collect()
         } else {
@@ -233,7 +249,11 @@ fn label_accounts_for_every_input_in_csv_and_jsonl() {
         let failed = failures(&cliplabel::jobs::writers::failed_path(&out));
         check_accounted(&m, &rows, &failed, ext);
         let (labelled, abstained, n_failed) = summary_counts(&err);
-        assert_eq!((labelled, abstained, n_failed), (rows.len(), 0, failed.len()), "{err}");
+        assert_eq!(
+            (labelled, abstained, n_failed),
+            (rows.len(), 0, failed.len()),
+            "{err}"
+        );
         assert_eq!(labelled + n_failed, m.inputs.len());
         // The non-UTF-8 name is written escaped and reads back to the file.
         #[cfg(unix)]
@@ -298,8 +318,16 @@ fn resume_without_run_description_is_refused() {
     let before = std::fs::read(&out).unwrap();
     let o = cli(tmp.path(), &args(true));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("cannot resume") && stderr(&o).contains("run.json is missing"), "{}", stderr(&o));
-    assert_eq!(std::fs::read(&out).unwrap(), before, "the output is left as it was");
+    assert!(
+        stderr(&o).contains("cannot resume") && stderr(&o).contains("run.json is missing"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "the output is left as it was"
+    );
 }
 
 /// An ImageFolder with classes `a` and `b`: good images plus the crasher and broken files.
@@ -309,7 +337,10 @@ fn image_folder_set(root: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut bad = BTreeSet::new();
     for (class, names) in [
         ("a", ["rgb.png", "gray.png", "palette.png", "rgba.png"]),
-        ("b", ["baseline_420.jpg", "q444.jpg", "progressive.jpg", "la.png"]),
+        (
+            "b",
+            ["baseline_420.jpg", "q444.jpg", "progressive.jpg", "la.png"],
+        ),
     ] {
         let d = root.join(class);
         std::fs::create_dir_all(&d).unwrap();
@@ -359,8 +390,14 @@ fn fit_predict_embed_and_compare_account_for_every_input() {
     assert!(!err.contains("panicked"), "{err}");
     let f = failures(&cliplabel::jobs::writers::failed_path(&head));
     assert_eq!(f.keys().cloned().collect::<BTreeSet<_>>(), train_bad);
-    assert!(err.contains(&format!("on {} images", train_all.len() - train_bad.len())), "{err}");
-    assert!(err.contains(&format!("{} failed", train_bad.len())), "{err}");
+    assert!(
+        err.contains(&format!("on {} images", train_all.len() - train_bad.len())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{} failed", train_bad.len())),
+        "{err}"
+    );
 
     // predict on the mixed folder.
     let dir = tmp.path().join("mixed");
@@ -386,7 +423,12 @@ fn fit_predict_embed_and_compare_account_for_every_input() {
     let rows: Vec<String> = std::fs::read_to_string(&out)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["path"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let failed = failures(&cliplabel::jobs::writers::failed_path(&out));
     check_accounted(&m, &rows, &failed, "predict");
@@ -426,7 +468,11 @@ fn fit_predict_embed_and_compare_account_for_every_input() {
     }
     check_accounted(&m, &items, &efailed, "embed");
     assert!(
-        err.contains(&format!("{} images embedded, {} failed", items.len(), efailed.len())),
+        err.contains(&format!(
+            "{} images embedded, {} failed",
+            items.len(),
+            efailed.len()
+        )),
         "{err}"
     );
 

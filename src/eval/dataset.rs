@@ -112,11 +112,8 @@ impl LabelledSet {
             };
             // Paths as cliplabel writes them (see util::pathtext) read back to the same file.
             let p = crate::util::pathtext::text_path(p.trim());
-            set.paths.push(if p.is_absolute() {
-                p
-            } else {
-                base.join(p)
-            });
+            set.paths
+                .push(if p.is_absolute() { p } else { base.join(p) });
             set.labels.push(idx);
         }
         if set.paths.is_empty() {

@@ -178,7 +178,9 @@ impl EmbeddingCache {
         let mut failed_set = std::collections::HashSet::new();
         let encoded = missing.len();
         let dim = self.dim;
-        embed_images(engine, missing, batch_size, self.features, |b| {
+        let mut seen = 0usize;
+        let run = embed_images(engine, missing, batch_size, self.features, |b| {
+            seen += b.ok.len() + b.failed.len();
             if let Some(t) = &b.embeddings {
                 let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
                 for (p, row) in b.ok.iter().zip(v.chunks_exact(dim)) {
@@ -193,7 +195,13 @@ impl EmbeddingCache {
                 });
             }
             Ok(())
-        })?;
+        });
+        if let Err(e) = run {
+            // What was embedded is kept in the cache, so a rerun starts from there.
+            let _ = self.save();
+            let done = paths.len() - encoded + seen;
+            return Err(crate::jobs::tally::stopped(done, paths.len(), e));
+        }
         self.save()?;
         let out: Vec<Option<Vec<f32>>> = paths
             .iter()
