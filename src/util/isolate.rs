@@ -86,10 +86,7 @@ mod tests {
     #[test]
     fn results_pass_through_and_the_flag_is_scoped() {
         assert!(!in_isolation());
-        assert_eq!(
-            isolated(Path::new("a"), || Ok(in_isolation())).unwrap(),
-            true
-        );
+        assert!(isolated(Path::new("a"), || Ok(in_isolation())).unwrap());
         assert!(!in_isolation());
         let e = isolated::<()>(Path::new("a"), || Err(Error::Input("no".into()))).unwrap_err();
         assert_eq!(e.to_string(), "no");
