@@ -514,3 +514,58 @@ fn fit_predict_embed_and_compare_account_for_every_input() {
         "{err}"
     );
 }
+
+/// `fit --train-csv` reads paths written with the escape (a name that is not UTF-8, and a
+/// backslash) back to the same file.
+#[cfg(unix)]
+#[test]
+fn train_csv_reads_escaped_paths_back() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = fixtures().join("images");
+    let d = tmp.path().join("t");
+    std::fs::create_dir_all(&d).unwrap();
+    let mut csv = String::from("path,label\n");
+    for (i, (n, l)) in [
+        ("rgb.png", "a"),
+        ("gray.png", "a"),
+        ("rgba.png", "a"),
+        ("q444.jpg", "b"),
+        ("la.png", "b"),
+        ("progressive.jpg", "b"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = [format!("x{i}_").as_bytes(), b"\xff\\", n.as_bytes()].concat();
+        let p = d.join(std::ffi::OsStr::from_bytes(&name));
+        std::fs::copy(imgs.join(n), &p).unwrap();
+        let rel = path_text(p.strip_prefix(tmp.path()).unwrap());
+        assert!(rel.contains(r"\xff\\"), "{rel}");
+        csv.push_str(&format!("\"{rel}\",{l}\n"));
+    }
+    let list = tmp.path().join("train.csv");
+    std::fs::write(&list, csv).unwrap();
+    let head = tmp.path().join("h.safetensors");
+    let o = cli(
+        tmp.path(),
+        &[
+            os("fit"),
+            os("--model"),
+            os(&tiny_model()),
+            os("--train-csv"),
+            list.as_os_str(),
+            os("--out"),
+            head.as_os_str(),
+            os("--cv"),
+            os("2"),
+        ],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("on 6 images") && err.contains("0 failed"),
+        "{err}"
+    );
+    assert!(!cliplabel::jobs::writers::failed_path(&head).exists());
+}

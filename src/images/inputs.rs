@@ -55,6 +55,12 @@ pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The OS error number for "too many levels of symbolic links".
+#[cfg(target_os = "linux")]
+const ELOOP: i32 = 40;
+#[cfg(not(target_os = "linux"))]
+const ELOOP: i32 = 62;
+
 /// Whether `path` is a symbolic link whose target does not exist.
 fn is_dangling(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
@@ -69,7 +75,7 @@ pub fn check_input(path: &Path) -> Result<()> {
         message,
     };
     match std::fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(40) => {
+        Err(e) if e.raw_os_error() == Some(ELOOP) => {
             Err(fail(format!("symbolic link loop ({e}); not followed")))
         }
         Err(e) => Err(Error::io(path, e)),
