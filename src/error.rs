@@ -96,6 +96,27 @@ pub enum Error {
     #[error("{path}: {message}")]
     Output { path: PathBuf, message: String },
 
+    /// A command's inputs do not add up: some image is neither done, failed nor skipped (or
+    /// one was counted twice). See `jobs::tally`.
+    #[error("{what}: {inputs} inputs, but {done} done ({abstained} of them abstained), {failed} failed and {skipped} skipped: {}", crate::jobs::tally::shortfall(*inputs, *done + *failed + *skipped))]
+    Unaccounted {
+        what: String,
+        inputs: usize,
+        done: usize,
+        abstained: usize,
+        failed: usize,
+        skipped: usize,
+    },
+
+    /// An error stopped a run part-way: `not_done` of `total` images were not processed.
+    #[error("stopped after {done} of {total} images: {cause}; {not_done} not processed")]
+    Stopped {
+        done: usize,
+        total: usize,
+        not_done: usize,
+        cause: Box<Error>,
+    },
+
     /// A tensor computation failed (a bug or an inconsistent checkpoint).
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),

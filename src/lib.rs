@@ -22,6 +22,9 @@
 //!   [`fit_head`] ([`FitHeadOptions`]); [`compare_sets`] ([`CompareSets`], [`CompareOptions`],
 //!   [`Shots`]) with [`write_report`]; [`merge`] of a sharded run; [`collect_images`] and
 //!   [`ShardRequest::select`] choose a task's images.
+//! - **Trust**: [`in_isolation`] tells a panic hook that a panic is being caught and reported
+//!   as one image's failure; [`path_text`] and [`text_path`] are the reversible text form of a
+//!   path that every output file uses (names that are not UTF-8 are escaped, not lost).
 //! - **Errors**: every function returns [`Result`]; [`Error`]'s variants name the file, line,
 //!   field or tensor at fault.
 //!
@@ -62,6 +65,8 @@ pub use jobs::fit::{fit_head, FitHeadOptions, FitSummary};
 pub use jobs::label::{label_zero_shot, predict_with_head, JobEvent, JobOptions, Summary};
 pub use jobs::organize::LinkMode;
 pub use jobs::writers::Failure;
+pub use util::isolate::in_isolation;
+pub use util::pathtext::{path_text, text_path};
 
 /// The device cliplabel computes on: the first CUDA GPU when built with the `cuda` feature
 /// and one is present, otherwise the CPU.

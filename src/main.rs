@@ -195,8 +195,11 @@ fn print_summary(s: &Summary, out: &Path, quiet: bool) {
     if s.cached > 0 {
         line.push_str(&format!(" ({} from the embedding cache)", s.cached));
     }
+    if s.unplaced > 0 {
+        line.push_str(&format!(" ({} labelled but not organised)", s.unplaced));
+    }
     eprintln!("{line}");
-    if s.failed > 0 {
+    if s.failed + s.unplaced > 0 {
         eprintln!("failures listed in {}", failed_path(out).display());
     }
 }
@@ -748,6 +751,9 @@ fn run_compare(a: CompareArgs, env: &Env) -> anyhow::Result<ExitCode> {
     write_report(&a.report, &results)?;
     println!("{}", summary_table(&results));
     if !a.quiet {
+        if sets.failed_list.exists() {
+            eprintln!("failures listed in {}", sets.failed_list.display());
+        }
         eprintln!("report written to {}", a.report.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -766,6 +772,14 @@ fn threads(c: &Command) -> Option<usize> {
 }
 
 fn main() -> ExitCode {
+    // Panics caught per image (cliplabel::util::isolate) are reported as that image's failure;
+    // every other panic is printed as usual.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !cliplabel::in_isolation() {
+            default_hook(info);
+        }
+    }));
     let cli = Cli::parse();
     if let Some(n) = threads(&cli.command).filter(|&n| n > 0) {
         // candle's CPU kernels size their work by RAYON_NUM_THREADS and read nothing else, so

@@ -394,26 +394,22 @@ impl Scorer for Head {
         &self.meta.classes
     }
 
-    fn score(&self, embeddings: &[f32]) -> Vec<Scores> {
+    fn score(&self, embeddings: &[f32]) -> crate::error::Result<Vec<Scores>> {
         let d = self.meta.dim;
         let mut rows = embeddings.to_vec();
         for r in rows.chunks_exact_mut(d) {
             l2_normalize(r);
         }
         let n = rows.len() / d;
-        let Ok(x) = Matrix::new(n, d, rows) else {
-            return Vec::new();
-        };
-        let Ok(logits) = self.linear.predict_logits(&x) else {
-            return Vec::new();
-        };
+        let x = Matrix::new(n, d, rows)?;
+        let logits = self.linear.predict_logits(&x)?;
         let p = softmax_rows(&logits);
-        (0..n)
+        Ok((0..n)
             .map(|i| Scores {
                 probs: p.row(i).to_vec(),
                 cosines: Vec::new(),
             })
-            .collect()
+            .collect())
     }
 
     fn features(&self) -> Features {

@@ -8,8 +8,8 @@ use crate::clip::engine::Features;
 pub trait Scorer: Sync {
     /// Class labels, in score order.
     fn classes(&self) -> &[String];
-    /// Scores `n * dim` embedding values.
-    fn score(&self, embeddings: &[f32]) -> Vec<Scores>;
+    /// Scores `n * dim` embedding values: one [`Scores`] per embedding, or an error.
+    fn score(&self, embeddings: &[f32]) -> crate::error::Result<Vec<Scores>>;
     /// Which image features the scorer expects.
     fn features(&self) -> Features {
         Features::Projected

@@ -195,8 +195,8 @@ impl Scorer for ZeroShotClassifier {
     fn classes(&self) -> &[String] {
         &self.classes
     }
-    fn score(&self, embeddings: &[f32]) -> Vec<Scores> {
-        ZeroShotClassifier::score(self, embeddings)
+    fn score(&self, embeddings: &[f32]) -> Result<Vec<Scores>> {
+        Ok(ZeroShotClassifier::score(self, embeddings))
     }
 }
 

@@ -5,7 +5,9 @@ use crate::classify::classes::ClassList;
 use crate::classify::head::{train, Method, TrainOptions};
 use crate::classify::templates::Templates;
 use crate::classify::zeroshot::ZeroShotClassifier;
-use std::path::Path;
+use crate::jobs::tally::Tally;
+use crate::jobs::writers::write_failures_file;
+use std::path::{Path, PathBuf};
 
 use crate::clip::engine::{Engine, Features};
 use crate::error::{Error, Result};
@@ -308,6 +310,8 @@ pub struct CompareSets {
     pub test: LabelledSet,
     /// The test labels as indices into the training set's classes.
     pub test_labels: Vec<usize>,
+    /// Where the images that could not be embedded are listed (`REPORT/failed.jsonl`).
+    pub failed_list: PathBuf,
 }
 
 impl CompareSets {
@@ -323,6 +327,7 @@ impl CompareSets {
             train: train_set,
             test: test_set,
             test_labels,
+            failed_list: report_dir.join("failed.jsonl"),
         })
     }
 }
@@ -336,7 +341,7 @@ pub fn compare_sets(
     cache_dir: Option<&Path>,
     batch_size: usize,
     on_failure: &mut dyn FnMut(&Failure),
-    progress: impl FnMut(&str),
+    mut progress: impl FnMut(&str),
 ) -> Result<CompareResults> {
     let mut cache = EmbeddingCache::open(cache_dir, engine, Features::Projected)?;
     let (train, f1, _) = embed_set(
@@ -356,6 +361,28 @@ pub fn compare_sets(
     for f in f1.iter().chain(&f2) {
         on_failure(f);
     }
+    for (what, set, used, failed) in [
+        ("compare --train", &sets.train, train.labels.len(), &f1),
+        ("compare --test", &sets.test, test.labels.len(), &f2),
+    ] {
+        Tally {
+            inputs: set.paths.len(),
+            done: used,
+            failed: failed.len(),
+            ..Tally::default()
+        }
+        .check(what)?;
+    }
+    // Images that could not be embedded are listed beside the report, with the reason.
+    let all_failed: Vec<Failure> = f1.iter().chain(&f2).cloned().collect();
+    write_failures_file(&sets.failed_list, &all_failed)?;
+    progress(&format!(
+        "train: {} used, {} failed; test: {} used, {} failed",
+        train.labels.len(),
+        f1.len(),
+        test.labels.len(),
+        f2.len()
+    ));
     compare(engine, &sets.train.classes, &train, &test, opts, progress)
 }
 

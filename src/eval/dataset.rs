@@ -110,12 +110,10 @@ impl LabelledSet {
                     set.classes.len() - 1
                 }
             };
-            let p = Path::new(p.trim());
-            set.paths.push(if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            });
+            // Paths as cliplabel writes them (see util::pathtext) read back to the same file.
+            let p = crate::util::pathtext::text_path(p.trim());
+            set.paths
+                .push(if p.is_absolute() { p } else { base.join(p) });
             set.labels.push(idx);
         }
         if set.paths.is_empty() {

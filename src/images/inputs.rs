@@ -17,26 +17,82 @@ pub fn has_image_extension(path: &Path) -> bool {
 }
 
 /// Walks a directory recursively, returning image files in sorted path order.
+///
+/// An entry the walk cannot follow (a symbolic link loop, an unreadable folder, a link to an
+/// image that is gone) does not stop the walk: its path is returned among the images, so that
+/// it is listed as failed with the reason [`check_input`] gives. Dangling links without an
+/// image extension are not images and are left out.
 pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in walkdir::WalkDir::new(dir)
         .follow_links(true)
         .sort_by_file_name()
     {
-        let entry = entry.map_err(|e| {
-            let p = e.path().unwrap_or(dir).to_path_buf();
-            let msg = e.to_string();
-            Error::io(
-                p,
-                e.into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other(msg)),
-            )
-        })?;
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => match e.path() {
+                Some(p)
+                    if e.loop_ancestor().is_some() || !is_dangling(p) || has_image_extension(p) =>
+                {
+                    out.push(p.to_path_buf());
+                    continue;
+                }
+                Some(_) => continue,
+                None => {
+                    let msg = e.to_string();
+                    return Err(Error::io(
+                        dir,
+                        e.into_io_error()
+                            .unwrap_or_else(|| std::io::Error::other(msg)),
+                    ));
+                }
+            },
+        };
         if entry.file_type().is_file() && has_image_extension(entry.path()) {
             out.push(entry.into_path());
         }
     }
     Ok(out)
+}
+
+/// The OS error number for "too many levels of symbolic links".
+#[cfg(target_os = "linux")]
+const ELOOP: i32 = 40;
+#[cfg(not(target_os = "linux"))]
+const ELOOP: i32 = 62;
+
+/// Whether `path` is a symbolic link whose target does not exist.
+fn is_dangling(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+        && std::fs::metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Checks, before decoding, that an input is a file that can be followed, and says why not:
+/// a symbolic link loop (to a folder above it, or links that point at each other), or a folder.
+pub fn check_input(path: &Path) -> Result<()> {
+    let fail = |message: String| Error::Image {
+        path: path.to_path_buf(),
+        message,
+    };
+    match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(ELOOP) => {
+            Err(fail(format!("symbolic link loop ({e}); not followed")))
+        }
+        Err(e) => Err(Error::io(path, e)),
+        Ok(m) if m.is_dir() => {
+            let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            let target = std::fs::canonicalize(path).ok();
+            let parent = path.parent().and_then(|p| std::fs::canonicalize(p).ok());
+            match (target, parent) {
+                (Some(t), Some(p)) if is_link && p.starts_with(&t) => Err(fail(format!(
+                    "symbolic link loop: links to {}, a folder above it; not followed",
+                    t.display()
+                ))),
+                _ => Err(fail("is a folder, not an image file".into())),
+            }
+        }
+        Ok(_) => Ok(()),
+    }
 }
 
 /// Expands files and directories into the list of images to process.
@@ -110,6 +166,38 @@ mod tests {
             })
             .collect();
         assert_eq!(rel, ["a.jpg", "b/a.JpEg", "b/z.PNG"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlink_loops_are_listed_not_fatal() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        std::fs::write(d.path().join("a/b/x.png"), b"x").unwrap();
+        std::fs::write(d.path().join("z.png"), b"x").unwrap();
+        std::os::unix::fs::symlink("..", d.path().join("a/b/up")).unwrap();
+        std::os::unix::fs::symlink("p2.png", d.path().join("p1.png")).unwrap();
+        std::os::unix::fs::symlink("p1.png", d.path().join("p2.png")).unwrap();
+        std::os::unix::fs::symlink("gone", d.path().join("dangling.txt")).unwrap();
+        let got = collect_images(&[d.path().to_path_buf()]).unwrap();
+        let rel: Vec<_> = got
+            .iter()
+            .map(|p| {
+                p.strip_prefix(d.path())
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(rel, ["a/b/up", "a/b/x.png", "p1.png", "p2.png", "z.png"]);
+        let up = check_input(&got[0]).unwrap_err().to_string();
+        assert!(up.contains("symbolic link loop: links to"), "{up}");
+        let p1 = check_input(&got[2]).unwrap_err().to_string();
+        assert!(p1.contains("symbolic link loop"), "{p1}");
+        check_input(&got[1]).unwrap();
+        let dir = check_input(&d.path().join("a")).unwrap_err().to_string();
+        assert!(dir.contains("is a folder"), "{dir}");
     }
 
     #[test]

@@ -59,7 +59,7 @@ fn stat(path: &Path) -> std::io::Result<(String, u64, u128)> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    Ok((canon.to_string_lossy().into_owned(), meta.len(), mtime))
+    Ok((crate::util::pathtext::path_text(&canon), meta.len(), mtime))
 }
 
 impl EmbeddingCache {
@@ -170,7 +170,9 @@ impl EmbeddingCache {
         let mut failed_set = std::collections::HashSet::new();
         let encoded = missing.len();
         let dim = self.dim;
-        embed_images(engine, missing, batch_size, self.features, |b| {
+        let mut seen = 0usize;
+        let run = embed_images(engine, missing, batch_size, self.features, |b| {
+            seen += b.ok.len() + b.failed.len();
             if let Some(t) = &b.embeddings {
                 let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
                 for (p, row) in b.ok.iter().zip(v.chunks_exact(dim)) {
@@ -180,14 +182,20 @@ impl EmbeddingCache {
             for (p, e) in b.failed {
                 failed_set.insert(p.clone());
                 failures.push(Failure {
-                    path: p.display().to_string(),
+                    path: crate::util::pathtext::path_text(&p),
                     error: e,
                 });
             }
             Ok(())
-        })?;
+        });
+        if let Err(e) = run {
+            // What was embedded is kept in the cache, so a rerun starts from there.
+            let _ = self.save();
+            let done = paths.len() - encoded + seen;
+            return Err(crate::jobs::tally::stopped(done, paths.len(), e));
+        }
         self.save()?;
-        let out = paths
+        let out: Vec<Option<Vec<f32>>> = paths
             .iter()
             .map(|p| {
                 if failed_set.contains(p) {
@@ -197,6 +205,16 @@ impl EmbeddingCache {
                     .map(|i| self.rows[i * dim..(i + 1) * dim].to_vec())
             })
             .collect();
+        // An image embedded but not found again (changed or removed during the run) is a
+        // failure too, never a silent gap.
+        for (p, r) in paths.iter().zip(&out) {
+            if r.is_none() && !failed_set.contains(p) {
+                failures.push(Failure {
+                    path: crate::util::pathtext::path_text(p),
+                    error: "changed or removed while it was being embedded".into(),
+                });
+            }
+        }
         Ok(Embeddings {
             rows: out,
             failures,

@@ -11,9 +11,11 @@ use crate::clip::engine::{Engine, Features};
 use crate::error::{Error, Result};
 use crate::images::inputs::read_lines;
 use crate::jobs::pipeline::embed_images;
+use crate::jobs::tally::{stopped, Tally};
 use crate::jobs::writers::Failure;
 use crate::util::atomic::write_atomic;
 use crate::util::math::l2_normalize_rows;
+use crate::util::pathtext::path_text;
 use crate::util::safetensors_io::{write_f32, F32Tensor, SafetensorsFile};
 
 /// What the rows of an embeddings file embed (`kind` in the sidecar and the file's metadata).
@@ -86,15 +88,15 @@ pub fn embed_image_files(
     let mut items = Vec::new();
     let mut failed = Vec::new();
     let mut done = 0usize;
-    embed_images(engine, paths, opts.batch_size, opts.features, |b| {
+    let run = embed_images(engine, paths, opts.batch_size, opts.features, |b| {
         done += b.ok.len() + b.failed.len();
         if let Some(t) = &b.embeddings {
             rows.extend(t.flatten_all()?.to_vec1::<f32>()?);
         }
-        items.extend(b.ok.iter().map(|p| p.display().to_string()));
+        items.extend(b.ok.iter().map(|p| path_text(p)));
         for (p, e) in b.failed {
             let f = Failure {
-                path: p.display().to_string(),
+                path: path_text(&p),
                 error: e,
             };
             progress(EmbedEvent::Failed(&f));
@@ -102,7 +104,18 @@ pub fn embed_image_files(
         }
         progress(EmbedEvent::Embedded { done, total });
         Ok(())
-    })?;
+    });
+    if let Err(e) = run {
+        // Nothing is written: every image of this run is left undone.
+        return Err(stopped(done, total, e));
+    }
+    Tally {
+        inputs: total,
+        done: items.len(),
+        failed: failed.len(),
+        ..Tally::default()
+    }
+    .check("embed")?;
     finish(engine, opts, rows, items, failed, EmbeddingKind::Image)
 }
 

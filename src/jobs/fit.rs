@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::eval::compare::Embedded;
 use crate::eval::dataset::LabelledSet;
 use crate::jobs::cache::{EmbeddingCache, Embeddings};
+use crate::jobs::tally::Tally;
 use crate::jobs::writers::{failed_path, write_failure_list, Failure};
 
 /// Options of a `fit` run.
@@ -105,6 +106,13 @@ pub fn fit_head(
     }
     let dim = engine.dim(opts.features, true);
     let data = Embedded::new(rows, &set.labels, dim)?;
+    Tally {
+        inputs: set.paths.len(),
+        done: data.labels.len(),
+        failed: failures.len(),
+        ..Tally::default()
+    }
+    .check("fit (training images)")?;
     let mut counts = vec![0usize; set.classes.len()];
     for &l in &data.labels {
         counts[l] += 1;

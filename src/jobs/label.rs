@@ -16,9 +16,11 @@ use crate::error::{Error, Result};
 use crate::jobs::cache::EmbeddingCache;
 use crate::jobs::organize::{place, LinkMode};
 use crate::jobs::pipeline::embed_images;
+use crate::jobs::tally::{stopped, Tally};
 use crate::jobs::writers::Failure;
 use crate::jobs::writers::{FailedWriter, LabelRow, LabelWriter, UNKNOWN};
 use crate::util::atomic::write_atomic;
+use crate::util::pathtext::path_text;
 
 /// Options of a labelling run.
 #[derive(Debug, Clone)]
@@ -84,8 +86,10 @@ pub struct Summary {
     pub labelled: usize,
     /// Of those, labelled `unknown`.
     pub abstained: usize,
-    /// Images that failed.
+    /// Images that failed (listed with the reason in the failure file).
     pub failed: usize,
+    /// Labelled images that `--organize` could not place (also listed in the failure file).
+    pub unplaced: usize,
     /// Images skipped because the output already had them (`--resume`).
     pub skipped: usize,
     /// Images scored from the embedding cache without running the model.
@@ -171,6 +175,15 @@ pub fn run_job(
     }
     let info_path = run_info_path(&opts.out);
     if opts.resume && opts.out.exists() {
+        if !info_path.exists() {
+            return Err(Error::Output {
+                path: opts.out.clone(),
+                message: format!(
+                    "cannot resume: {} is missing, so nothing shows that this output was written by the same model, classes, prompts and --top-k; restore it, or use --force to start over",
+                    info_path.display()
+                ),
+            });
+        }
         if let Ok(bytes) = std::fs::read(&info_path) {
             let old: RunInfo = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
                 path: info_path.clone(),
@@ -201,12 +214,14 @@ pub fn run_job(
     let total = paths.len();
     let todo: Vec<PathBuf> = paths
         .into_iter()
-        .filter(|p| !done.contains(&p.display().to_string()))
+        .filter(|p| !done.contains(&path_text(p)))
         .collect();
     let mut summary = Summary {
         skipped: total - todo.len(),
         ..Summary::default()
     };
+    let mut tally = Tally::new(total);
+    tally.skipped = summary.skipped;
     progress(JobEvent::Started { total: todo.len() });
     let features = scorer.features();
     let dim = engine.dim(features, true);
@@ -220,22 +235,30 @@ pub fn run_job(
             let mut failures: Vec<Failure> = failed_now
                 .iter()
                 .map(|(p, e)| Failure {
-                    path: p.display().to_string(),
+                    path: path_text(p),
                     error: e.clone(),
                 })
                 .collect();
             let scores = if ok.is_empty() {
                 Vec::new()
             } else {
-                scorer.score(values)
+                scorer.score(values)?
             };
+            if scores.len() != ok.len() {
+                return Err(Error::Input(format!(
+                    "the scorer returned {} results for {} images",
+                    scores.len(),
+                    ok.len()
+                )));
+            }
             let mut rows = Vec::with_capacity(ok.len());
             for (p, s) in ok.iter().zip(&scores) {
-                let row = make_row(&p.display().to_string(), s, classes, k, &opts.abstention);
+                let row = make_row(&path_text(p), s, classes, k, &opts.abstention);
                 if let Some((dir, mode)) = &opts.organize {
                     if let Err(e) = place(p, dir, &row.label, *mode) {
+                        summary.unplaced += 1;
                         failures.push(Failure {
-                            path: p.display().to_string(),
+                            path: path_text(p),
                             error: format!("labelled `{}` but could not organise: {e}", row.label),
                         });
                     }
@@ -247,6 +270,7 @@ pub fn run_job(
             }
             summary.labelled += rows.len();
             summary.abstained += rows.iter().filter(|r| r.abstained).count();
+            summary.failed += failed_now.len();
             writer.write_batch(&rows)?;
             failed.write(&failures)?;
             progress(JobEvent::Advanced(ok.len() + failed_now.len()));
@@ -264,7 +288,7 @@ pub fn run_job(
     }
     let mut fresh: Vec<(PathBuf, Vec<f32>)> = Vec::new();
     let keep = cache.is_some();
-    embed_images(engine, todo, opts.batch_size, features, |batch| {
+    let run = embed_images(engine, todo, opts.batch_size, features, |batch| {
         let values: Vec<f32> = match &batch.embeddings {
             Some(t) => t.flatten_all()?.to_vec1()?,
             None => Vec::new(),
@@ -279,7 +303,12 @@ pub fn run_job(
             );
         }
         handle(&batch.ok, &values, &batch.failed)
-    })?;
+    });
+    if let Err(e) = run {
+        // Rows written so far stay in the output; name what was not done.
+        let done = summary.skipped + summary.labelled + summary.failed;
+        return Err(stopped(done, total, e));
+    }
     if let Some(c) = cache {
         for (p, row) in &fresh {
             c.insert(p, row);
@@ -287,8 +316,15 @@ pub fn run_job(
         c.save()?;
     }
     progress(JobEvent::Finished);
-    summary.failed = failed.count();
     summary.cached = n_cached;
+    debug_assert_eq!(failed.count(), summary.failed + summary.unplaced);
+    tally.done = summary.labelled;
+    tally.abstained = summary.abstained;
+    tally.failed = summary.failed;
+    tally.check(match info.method {
+        RunMethod::Head => "predict",
+        RunMethod::ZeroShot => "label",
+    })?;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
 }

@@ -10,4 +10,5 @@ pub mod fit;
 pub mod label;
 pub mod organize;
 pub mod pipeline;
+pub mod tally;
 pub mod writers;

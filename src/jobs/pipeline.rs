@@ -51,7 +51,11 @@ where
                 let done: Vec<(PathBuf, Result<Pixels>)> = chunk
                     .into_par_iter()
                     .map(|p| {
-                        let r = engine.load_pixels(&p);
+                        // A decoder panic fails this image only (see util::isolate).
+                        let r = crate::util::isolate::isolated(&p, || {
+                            crate::images::inputs::check_input(&p)?;
+                            engine.load_pixels(&p)
+                        });
                         (p, r)
                     })
                     .collect();
@@ -96,7 +100,14 @@ where
             }
         }
         drop(rx);
-        let _ = producer.join();
+        if let Err(payload) = producer.join() {
+            if result.is_ok() {
+                result = Err(Error::Input(format!(
+                    "the image reading thread crashed: {}",
+                    crate::util::isolate::panic_message(payload.as_ref())
+                )));
+            }
+        }
         result
     })
 }

@@ -331,7 +331,13 @@ fn failures_jsonl(failures: &[Failure]) -> Vec<u8> {
 /// Writes the complete failure list of `out` (`OUT.failed.jsonl`) atomically, or removes an old
 /// one when there are no failures: for outputs written in one go (a head, a merged run).
 pub fn write_failure_list(out: &Path, failures: &[Failure]) -> Result<()> {
-    let path = failed_path(out);
+    write_failures_file(&failed_path(out), failures)
+}
+
+/// Writes `failures` as JSON lines to `path` atomically, or removes an old `path` when there are
+/// none.
+pub fn write_failures_file(path: &Path, failures: &[Failure]) -> Result<()> {
+    let path = path.to_path_buf();
     if failures.is_empty() {
         if path.exists() {
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;

@@ -754,6 +754,12 @@ mod tests {
 
     #[test]
     fn portable_kernels_match_simd_kernels() {
+        // The AVX2/FMA kernels run only where the CPU has them; the portable kernels are
+        // checked everywhere (single against double precision, logits against a direct sum).
+        let simd = simd_available();
+        if !simd {
+            eprintln!("portable_kernels_match_simd_kernels: this CPU lacks AVX2/FMA: comparison with the SIMD kernels SKIPPED; portable kernels checked alone");
+        }
         // Odd sizes: a partial row tile, a dimension remainder, classes not a multiple of 16.
         for (n, d, k) in [(250usize, 37usize, 5usize), (13, 16, 17), (7, 3, 2)] {
             let (x, y) = clusters(n, d, k, 1.0, 0.1, 21);
@@ -763,7 +769,25 @@ mod tests {
             let theta: Vec<f64> = (0..k * (d + 1))
                 .map(|i| ((i * 13 % 17) as f64 - 8.0) * 0.03)
                 .collect();
+            let (fs, gs) = problem.eval_with(&theta, Precision::Single, false);
+            let (fd, gd) = problem.eval_with(&theta, Precision::Double, false);
+            assert!(
+                fs.is_finite() && (fs - fd).abs() <= 1e-5 * fd.abs().max(1.0),
+                "{n}x{d}x{k} portable single vs double: {fs} vs {fd}"
+            );
+            let diff = gs
+                .iter()
+                .zip(&gd)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                diff <= 1e-5,
+                "{n}x{d}x{k} portable gradients differ by {diff}"
+            );
             for precision in [Precision::Single, Precision::Double] {
+                if !simd {
+                    break;
+                }
                 let (fa, ga) = problem.eval_with(&theta, precision, true);
                 let (fb, gb) = problem.eval_with(&theta, precision, false);
                 let tol = if precision == Precision::Single {
@@ -787,8 +811,24 @@ mod tests {
             }
             let idx: Vec<u32> = (0..n as u32).rev().collect();
             let (w, b) = theta.split_at(k * d);
-            let la = logits_for_rows_with(&x, &idx, w, b, k, true);
             let lb = logits_for_rows_with(&x, &idx, w, b, k, false);
+            for (i, &r) in idx.iter().enumerate() {
+                let row = &x.data[r as usize * d..(r as usize + 1) * d];
+                for c in 0..k {
+                    let want: f64 = b[c]
+                        + row
+                            .iter()
+                            .zip(&w[c * d..(c + 1) * d])
+                            .map(|(&xv, &wv)| xv as f64 * wv)
+                            .sum::<f64>();
+                    let got = lb.as_slice()[i * k + c] as f64;
+                    assert!((got - want).abs() <= 1e-4, "portable logit {got} vs {want}");
+                }
+            }
+            if !simd {
+                continue;
+            }
+            let la = logits_for_rows_with(&x, &idx, w, b, k, true);
             let diff = la
                 .as_slice()
                 .iter()

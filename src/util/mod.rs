@@ -5,6 +5,8 @@
 
 pub mod atomic;
 pub mod hash;
+pub mod isolate;
 pub mod math;
+pub mod pathtext;
 pub mod rng;
 pub mod safetensors_io;

@@ -266,7 +266,7 @@ fn check_inputs(out: &Path, data: &[ShardData], inputs: &[PathBuf]) -> Result<()
     }
     let now: HashMap<Vec<u8>, String> = all
         .iter()
-        .map(|p| (shard_key(p, inputs), p.display().to_string()))
+        .map(|p| (shard_key(p, inputs), crate::util::pathtext::path_text(p)))
         .collect();
     let mut ran: HashMap<Vec<u8>, String> = HashMap::new();
     for d in data {

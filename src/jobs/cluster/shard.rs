@@ -367,7 +367,7 @@ impl ShardPlan {
             if shard.contains_key(&shard_key(p, roots)) {
                 items.push(ManifestItem {
                     i,
-                    path: p.display().to_string(),
+                    path: crate::util::pathtext::path_text(p),
                 });
                 paths.push(p.clone());
             }
