@@ -1,0 +1,279 @@
+//! TIFF through the `tiff` crate (raw, LZW, deflate, PackBits, JPEG, CCITT fax; strips and
+//! tiles; contiguous and planar; BigTIFF), first page only, with Pillow's modes
+//! (TiffImagePlugin's `OPEN_INFO`): 1-bit grey is `1`, 2/4-bit grey `L` scaled, 16-bit grey
+//! `I;16`, 32-bit integer grey `I`, float grey `F`, 16-bit colour keeps the high byte, an
+//! associated alpha (ExtraSamples = 1) is `RGBa`, palettes are `P` with the colour map's high
+//! bytes. The Orientation tag is not applied, as Pillow does not apply it.
+//!
+//! The `tiff` crate does not decode palette images; the Photometric tag of a palette file is
+//! therefore read here and rewritten to BlackIsZero in a copy of the header, so the crate
+//! returns the indices and the colour map is applied here (a small, checked patch of one tag
+//! value rather than a hand-written TIFF decoder).
+
+use std::io::Cursor;
+
+use tiff::decoder::{Decoder, DecodingResult, Limits};
+use tiff::tags::Tag;
+
+use super::convert::{PilImage, Samples};
+use super::limits::DecodeLimits;
+use super::{refuse, DecodeError};
+
+fn terr(e: tiff::TiffError) -> DecodeError {
+    refuse(format!("cannot decode TIFF: {e}"))
+}
+
+/// Finds the byte offset of the Photometric tag's value in the first IFD, if it is stored inline.
+fn photometric_value_offset(b: &[u8]) -> Option<(usize, bool)> {
+    let le = match b.get(0..2)? {
+        b"II" => true,
+        b"MM" => false,
+        _ => return None,
+    };
+    let u16_at = |o: usize| -> Option<u16> {
+        let s: [u8; 2] = b.get(o..o + 2)?.try_into().ok()?;
+        Some(if le {
+            u16::from_le_bytes(s)
+        } else {
+            u16::from_be_bytes(s)
+        })
+    };
+    let u32_at = |o: usize| -> Option<u32> {
+        let s: [u8; 4] = b.get(o..o + 4)?.try_into().ok()?;
+        Some(if le {
+            u32::from_le_bytes(s)
+        } else {
+            u32::from_be_bytes(s)
+        })
+    };
+    let u64_at = |o: usize| -> Option<u64> {
+        let s: [u8; 8] = b.get(o..o + 8)?.try_into().ok()?;
+        Some(if le {
+            u64::from_le_bytes(s)
+        } else {
+            u64::from_be_bytes(s)
+        })
+    };
+    let (big, ifd) = match u16_at(2)? {
+        42 => (false, u32_at(4)? as u64),
+        43 => (true, u64_at(8)?),
+        _ => return None,
+    };
+    let ifd = usize::try_from(ifd).ok()?;
+    let (count, first, size) = if big {
+        (u64_at(ifd)? as usize, ifd + 8, 20)
+    } else {
+        (u16_at(ifd)? as usize, ifd + 2, 12)
+    };
+    for i in 0..count.min(4096) {
+        let e = first.checked_add(i.checked_mul(size)?)?;
+        if u16_at(e)? == 262 && u16_at(e + 2)? == 3 {
+            return Some((e + if big { 12 } else { 8 }, le));
+        }
+    }
+    None
+}
+
+pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<PilImage, DecodeError> {
+    let tl = {
+        let mut l = Limits::default();
+        l.decoding_buffer_size = limits.max_alloc;
+        l.intermediate_buffer_size = limits.max_alloc.min(128 << 20);
+        l.ifd_value_size = 16 << 20;
+        l
+    };
+    let mut dec = Decoder::new(Cursor::new(bytes))
+        .map_err(terr)?
+        .with_limits(tl.clone());
+    let (w, h) = dec.dimensions().map_err(terr)?;
+    limits.check_dimensions(w, h)?;
+    let photometric: u16 = dec
+        .find_tag_unsigned(Tag::PhotometricInterpretation)
+        .map_err(terr)?
+        .ok_or_else(|| refuse("TIFF without a PhotometricInterpretation tag"))?;
+    let extra: Vec<u16> = dec
+        .find_tag_unsigned_vec(Tag::ExtraSamples)
+        .map_err(terr)?
+        .unwrap_or_default();
+    let compression: u16 = dec
+        .find_tag_unsigned(Tag::Compression)
+        .map_err(terr)?
+        .unwrap_or(1);
+    let mut colormap: Option<Vec<u16>> = None;
+    let patched;
+    if photometric == 3 {
+        colormap = Some(
+            dec.find_tag_unsigned_vec(Tag::ColorMap)
+                .map_err(terr)?
+                .ok_or_else(|| refuse("TIFF palette image without a ColorMap"))?,
+        );
+        let (off, le) = photometric_value_offset(bytes)
+            .ok_or_else(|| refuse("TIFF palette image: cannot locate its Photometric tag"))?;
+        let mut copy = bytes.to_vec();
+        let one: [u8; 2] = if le {
+            1u16.to_le_bytes()
+        } else {
+            1u16.to_be_bytes()
+        };
+        copy[off..off + 2].copy_from_slice(&one);
+        patched = copy;
+        dec = Decoder::new(Cursor::new(&patched[..]))
+            .map_err(terr)?
+            .with_limits(tl);
+    }
+    let ct = dec.colortype().map_err(terr)?;
+    let bits = ct.bit_depth() as usize;
+    let mut result = DecodingResult::U8(Vec::new());
+    let layout = dec.read_image_to_buffer(&mut result).map_err(terr)?;
+    if result.as_buffer(0).as_bytes().len() < layout.complete_len {
+        return Err(refuse("TIFF planes do not fit the allocation limit"));
+    }
+    let (w, h) = (w as usize, h as usize);
+    let spp = match ct {
+        tiff::ColorType::Gray(_) | tiff::ColorType::Palette(_) => 1,
+        tiff::ColorType::GrayA(_) => 2,
+        tiff::ColorType::RGB(_) | tiff::ColorType::YCbCr(_) | tiff::ColorType::Lab(_) => 3,
+        tiff::ColorType::RGBA(_) | tiff::ColorType::CMYK(_) => 4,
+        tiff::ColorType::CMYKA(_) => 5,
+        tiff::ColorType::Multiband { num_samples, .. } => num_samples as usize,
+        _ => return Err(refuse(format!("unsupported TIFF colour type {ct:?}"))),
+    };
+    // Samples as f64-free integer/float vectors, interleaved.
+    let planes = layout.planes.max(1);
+    let interleave = |n: usize| -> Vec<usize> {
+        // index map: interleaved position -> source position
+        if planes == 1 {
+            (0..n).collect()
+        } else {
+            let plane = n / spp;
+            (0..n).map(|i| (i % spp) * plane + i / spp).collect()
+        }
+    };
+    let n = w * h * spp;
+    if bits < 8 {
+        // Packed, byte-aligned rows of one sample a pixel (grey or palette).
+        let DecodingResult::U8(buf) = &result else {
+            return Err(refuse("unexpected TIFF sample type"));
+        };
+        if spp != 1 {
+            return Err(refuse(format!(
+                "TIFF with {spp} samples of {bits} bits is not supported"
+            )));
+        }
+        let stride = (w * bits).div_ceil(8);
+        let mut vals = Vec::with_capacity(w * h);
+        for y in 0..h {
+            let row = buf
+                .get(y * stride..(y + 1) * stride)
+                .ok_or_else(|| refuse("TIFF data shorter than the image"))?;
+            for x in 0..w {
+                let per = 8 / bits;
+                let shift = 8 - bits * (x % per + 1);
+                vals.push((row[x / per] >> shift) & ((1u8 << bits) - 1));
+            }
+        }
+        let samples = if let Some(map) = colormap {
+            Samples::P(vals, palette(&map)?)
+        } else if bits == 1 {
+            Samples::Bilevel(vals.into_iter().map(|v| v * 255).collect())
+        } else {
+            let scale = 255 / ((1u8 << bits) - 1);
+            Samples::L(vals.into_iter().map(|v| v * scale).collect())
+        };
+        return Ok(PilImage {
+            width: w,
+            height: h,
+            samples,
+            transparency: None,
+        });
+    }
+    macro_rules! take {
+        ($v:expr, $f:expr) => {{
+            let v = $v;
+            if v.len() < n {
+                return Err(refuse("TIFF data shorter than the image"));
+            }
+            let map = interleave(n);
+            map.into_iter().map(|i| $f(v[i])).collect::<Vec<_>>()
+        }};
+    }
+    let to8: Vec<u8> = match &result {
+        DecodingResult::U8(v) => take!(v, |x: u8| x),
+        DecodingResult::U16(v) => take!(v, |x: u16| (x >> 8) as u8),
+        _ => Vec::new(),
+    };
+    let is_grey = matches!(ct, tiff::ColorType::Gray(_)) && colormap.is_none();
+    let samples = match (&result, ct) {
+        (DecodingResult::U8(_), _) if colormap.is_some() => {
+            Samples::P(to8, palette(colormap.as_ref().unwrap())?)
+        }
+        (DecodingResult::U8(_), tiff::ColorType::Gray(_)) => Samples::L(to8),
+        (DecodingResult::U16(v), tiff::ColorType::Gray(_)) => Samples::I16(take!(v, |x: u16| x)),
+        (DecodingResult::I8(v), _) if is_grey => Samples::I32(take!(v, |x: i8| x as i32)),
+        (DecodingResult::I16(v), _) if is_grey => Samples::I32(take!(v, |x: i16| x as i32)),
+        (DecodingResult::I32(v), _) if is_grey => Samples::I32(take!(v, |x: i32| x)),
+        (DecodingResult::U32(v), _) if is_grey => {
+            Samples::I32(take!(v, |x: u32| x.min(i32::MAX as u32) as i32))
+        }
+        (DecodingResult::F32(v), _) if is_grey => Samples::F32(take!(v, |x: f32| x)),
+        (DecodingResult::F64(v), _) if is_grey => Samples::F32(take!(v, |x: f64| x as f32)),
+        (DecodingResult::U8(_) | DecodingResult::U16(_), tiff::ColorType::Multiband { .. })
+            if spp == 2 && photometric <= 1 =>
+        {
+            Samples::La(to8)
+        }
+        (DecodingResult::U8(_) | DecodingResult::U16(_), tiff::ColorType::RGB(_)) => {
+            Samples::Rgb(to8)
+        }
+        (DecodingResult::U8(_), tiff::ColorType::YCbCr(_)) if compression == 7 => {
+            // JPEG-compressed YCbCr: the JPEG decoder returns RGB, as libtiff's JPEGCOLORMODE.
+            Samples::Rgb(to8)
+        }
+        (DecodingResult::U8(_) | DecodingResult::U16(_), tiff::ColorType::RGBA(_)) => {
+            let alpha = extra.first().copied().unwrap_or(0);
+            let d: Vec<u8> = to8
+                .chunks_exact(spp)
+                .flat_map(|p| [p[0], p[1], p[2], p[3]])
+                .collect();
+            match alpha {
+                1 => Samples::RgbaPremultiplied(d),
+                2 => Samples::Rgba(d),
+                // Unspecified extra sample: Pillow reads RGBX, i.e. RGB.
+                _ => Samples::Rgb(d.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect()),
+            }
+        }
+        (DecodingResult::U8(_), tiff::ColorType::CMYK(_)) => Samples::Cmyk(to8),
+        _ => {
+            return Err(refuse(format!(
+                "unsupported TIFF layout: photometric {photometric}, {ct:?}"
+            )))
+        }
+    };
+    Ok(PilImage {
+        width: w,
+        height: h,
+        samples,
+        transparency: None,
+    })
+}
+
+/// A TIFF colour map (all reds, then greens, then blues, 16 bits each) as Pillow's palette:
+/// the high byte of each value (`b // 256`).
+fn palette(map: &[u16]) -> Result<Vec<[u8; 4]>, DecodeError> {
+    let n = map.len() / 3;
+    if n == 0 {
+        return Err(refuse("TIFF colour map is empty"));
+    }
+    let mut pal: Vec<[u8; 4]> = (0..n.min(256))
+        .map(|i| {
+            [
+                (map[i] >> 8) as u8,
+                (map[n + i] >> 8) as u8,
+                (map[2 * n + i] >> 8) as u8,
+                255,
+            ]
+        })
+        .collect();
+    pal.resize(256, [0, 0, 0, 255]);
+    Ok(pal)
+}
