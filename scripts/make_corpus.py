@@ -333,8 +333,6 @@ add("tiff_rgba16.tif", "make_corpus.py",
     tiff_raw(W, H, 16, 4, 2, np.dstack([rgb16, alpha.astype(np.uint16) * 257]).astype("<u2").tobytes(), extra=[2]))
 add("tiff_rgba_assoc.tif", "make_corpus.py",
     tiff_raw(W, H, 8, 4, 2, np.dstack([rgb * (alpha[..., None].astype(np.uint16)) // 255, alpha]).astype(np.uint8).tobytes(), extra=[1]))
-add("tiff_rgb_planar.tif", "make_corpus.py",
-    tiff_raw(W, H, 8, 3, 2, np.ascontiguousarray(rgb.transpose(2, 0, 1)).tobytes(), planar=2))
 add("tiff_int16.tif", "make_corpus.py",
     tiff_raw(W, H, 16, 1, 1, (g.astype(np.int16) * 3 - 200).astype("<i2").tobytes(), sampleformat=2))
 add("tiff_int8.tif", "make_corpus.py",

@@ -104,13 +104,52 @@ fn decode_inner(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> Result<Rgb8
             return crate::images::jpeg::decode_rgb(bytes, path, limits.max_pixels);
         }
         Format::Png => png::decode(bytes, limits),
-        Format::Tiff => tiff::decode(bytes, limits),
+        Format::Tiff => {
+            let (pil, orientation) =
+                tiff::decode(bytes, limits).map_err(|e| image_err(path, e.0))?;
+            return Ok(orient(convert_to_rgb(pil), orientation));
+        }
         Format::Gif | Format::Bmp | Format::WebP | Format::Ico => {
             other::decode(bytes, format, limits)
         }
     }
     .map_err(|e| image_err(path, e.0))?;
     Ok(convert_to_rgb(pil))
+}
+
+/// Applies a TIFF/EXIF Orientation value (1-8; others leave the image as it is) as Pillow's
+/// `exif_transpose` does: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 270,
+/// 7 transverse, 8 rotate 90.
+pub fn orient(img: Rgb8, orientation: u16) -> Rgb8 {
+    if !(2..=8).contains(&orientation) {
+        return img;
+    }
+    let (w, h) = (img.width, img.height);
+    let swap = orientation >= 5;
+    let (ow, oh) = if swap { (h, w) } else { (w, h) };
+    let mut data = vec![0u8; w * h * 3];
+    for oy in 0..oh {
+        for ox in 0..ow {
+            // Source coordinates of output pixel (ox, oy).
+            let (sx, sy) = match orientation {
+                2 => (w - 1 - ox, oy),
+                3 => (w - 1 - ox, h - 1 - oy),
+                4 => (ox, h - 1 - oy),
+                5 => (oy, ox),
+                6 => (oy, h - 1 - ox),
+                7 => (w - 1 - oy, h - 1 - ox),
+                _ => (w - 1 - oy, ox),
+            };
+            let s = (sy * w + sx) * 3;
+            let d = (oy * ow + ox) * 3;
+            data[d..d + 3].copy_from_slice(&img.data[s..s + 3]);
+        }
+    }
+    Rgb8 {
+        width: ow,
+        height: oh,
+        data,
+    }
 }
 
 /// Decodes an image file's bytes to the RGB Pillow + `convert_to_rgb` give, under `limits`.

@@ -70,14 +70,20 @@ pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<PilImage, De
             v as u8
         }
     };
-    let grey_trns = trns
-        .as_ref()
-        .filter(|t| t.len() >= 2)
-        .map(|t| Transparency::Grey(u16::from_be_bytes([t[0], t[1]]) as u32));
+    // The png crate keeps a grey tRNS level as 2 bytes at 16 bits, else as its low byte.
+    let grey_trns = match trns.as_deref() {
+        Some([hi, lo]) => Some(Transparency::Grey(u16::from_be_bytes([*hi, *lo]) as u32)),
+        Some([v]) => Some(Transparency::Grey(*v as u32)),
+        _ => None,
+    };
     let (samples, transparency) = match (ct, bd) {
+        // Pillow stores a 1-bit tRNS level as 255 if non-zero.
         (ColorType::Grayscale, BitDepth::One) => (
             Samples::Bilevel(vals.iter().map(|&v| if v != 0 { 255 } else { 0 }).collect()),
-            grey_trns,
+            grey_trns.map(|t| match t {
+                Transparency::Grey(0) => Transparency::Grey(0),
+                _ => Transparency::Grey(255),
+            }),
         ),
         (ColorType::Grayscale, BitDepth::Sixteen) => (Samples::I16(vals), grey_trns),
         (ColorType::Grayscale, _) => {

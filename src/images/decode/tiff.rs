@@ -3,7 +3,8 @@
 //! (TiffImagePlugin's `OPEN_INFO`): 1-bit grey is `1`, 2/4-bit grey `L` scaled, 16-bit grey
 //! `I;16`, 32-bit integer grey `I`, float grey `F`, 16-bit colour keeps the high byte, an
 //! associated alpha (ExtraSamples = 1) is `RGBa`, palettes are `P` with the colour map's high
-//! bytes. The Orientation tag is not applied, as Pillow does not apply it.
+//! bytes. The Orientation tag is returned and applied by the caller, as Pillow 13 applies it
+//! to TIFFs when loading.
 //!
 //! The `tiff` crate does not decode palette images; the Photometric tag of a palette file is
 //! therefore read here and rewritten to BlackIsZero in a copy of the header, so the crate
@@ -74,7 +75,9 @@ fn photometric_value_offset(b: &[u8]) -> Option<(usize, bool)> {
     None
 }
 
-pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<PilImage, DecodeError> {
+/// Decodes the first page; returns it with its Orientation tag (1-8), which Pillow applies
+/// when it loads a TIFF (checked against Pillow 13: orientation 3 and 6 files come out rotated).
+pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<(PilImage, u16), DecodeError> {
     let tl = {
         let mut l = Limits::default();
         l.decoding_buffer_size = limits.max_alloc;
@@ -97,6 +100,20 @@ pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<PilImage, De
         .unwrap_or_default();
     let compression: u16 = dec
         .find_tag_unsigned(Tag::Compression)
+        .map_err(terr)?
+        .unwrap_or(1);
+    let fill_order: u16 = dec
+        .find_tag_unsigned(Tag::FillOrder)
+        .map_err(terr)?
+        .unwrap_or(1);
+    if fill_order != 1 {
+        // The tiff crate ignores FillOrder; refusing beats returning bit-reversed pixels.
+        return Err(refuse(
+            "TIFF with FillOrder 2 (least significant bit first) is not supported",
+        ));
+    }
+    let orientation: u16 = dec
+        .find_tag_unsigned(Tag::Orientation)
         .map_err(terr)?
         .unwrap_or(1);
     let mut colormap: Option<Vec<u16>> = None;
@@ -180,12 +197,15 @@ pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<PilImage, De
             let scale = 255 / ((1u8 << bits) - 1);
             Samples::L(vals.into_iter().map(|v| v * scale).collect())
         };
-        return Ok(PilImage {
-            width: w,
-            height: h,
-            samples,
-            transparency: None,
-        });
+        return Ok((
+            PilImage {
+                width: w,
+                height: h,
+                samples,
+                transparency: None,
+            },
+            orientation,
+        ));
     }
     macro_rules! take {
         ($v:expr, $f:expr) => {{
@@ -209,7 +229,8 @@ pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<PilImage, De
         }
         (DecodingResult::U8(_), tiff::ColorType::Gray(_)) => Samples::L(to8),
         (DecodingResult::U16(v), tiff::ColorType::Gray(_)) => Samples::I16(take!(v, |x: u16| x)),
-        (DecodingResult::I8(v), _) if is_grey => Samples::I32(take!(v, |x: i8| x as i32)),
+        // Pillow reads signed 8-bit grey as `L` with the bytes unchanged (-128 is 128).
+        (DecodingResult::I8(v), _) if is_grey => Samples::L(take!(v, |x: i8| x as u8)),
         (DecodingResult::I16(v), _) if is_grey => Samples::I32(take!(v, |x: i16| x as i32)),
         (DecodingResult::I32(v), _) if is_grey => Samples::I32(take!(v, |x: i32| x)),
         (DecodingResult::U32(v), _) if is_grey => {
@@ -249,12 +270,15 @@ pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<PilImage, De
             )))
         }
     };
-    Ok(PilImage {
-        width: w,
-        height: h,
-        samples,
-        transparency: None,
-    })
+    Ok((
+        PilImage {
+            width: w,
+            height: h,
+            samples,
+            transparency: None,
+        },
+        orientation,
+    ))
 }
 
 /// A TIFF colour map (all reds, then greens, then blues, 16 bits each) as Pillow's palette:
