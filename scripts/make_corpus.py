@@ -99,8 +99,10 @@ def pack_bits(vals, bits):
     return bytes(out)
 
 
-def tiff_raw(width, height, bps, spp, photometric, data, sampleformat=1, extra=None, planar=1):
-    """Little-endian uncompressed single-strip TIFF."""
+def tiff_raw(width, height, bps, spp, photometric, data, sampleformat=1, extra=None, planar=1,
+             strips=None):
+    """Little-endian uncompressed TIFF: one strip, or `strips` = (rows per strip, [(start,
+    length) in data]) as declared (which may disagree with the image, for crafted files)."""
     entries = []
 
     def e(tag, typ, vals):
@@ -111,10 +113,11 @@ def tiff_raw(width, height, bps, spp, photometric, data, sampleformat=1, extra=N
     e(258, 3, [bps] * spp)
     e(259, 3, [1])
     e(262, 3, [photometric])
-    e(273, 4, [0])  # patched
+    rps, spans = strips if strips else (height, [(0, len(data))])
+    e(273, 4, [start for start, _ in spans])  # relative to the data; made absolute below
     e(277, 3, [spp])
-    e(278, 4, [height])
-    e(279, 4, [len(data)])
+    e(278, 4, [rps])
+    e(279, 4, [length for _, length in spans])
     e(284, 3, [planar])
     if extra is not None:
         e(338, 3, extra)
@@ -125,7 +128,12 @@ def tiff_raw(width, height, bps, spp, photometric, data, sampleformat=1, extra=N
     extra_off = ifd_off + 2 + 12 * n + 4
     blob = bytearray()
     raw = []
+    data_off = extra_off + sum(
+        (lambda n: n + n % 2)(len(v) * {3: 2, 4: 4}[t]) for _, t, v in entries
+        if len(v) * {3: 2, 4: 4}[t] > 4)
     for tag, typ, vals in entries:
+        if tag == 273:
+            vals = [data_off + v for v in vals]
         size = {3: 2, 4: 4}[typ]
         payload = b"".join(struct.pack("<H" if size == 2 else "<I", v) for v in vals)
         if len(payload) <= 4:
@@ -135,11 +143,9 @@ def tiff_raw(width, height, bps, spp, photometric, data, sampleformat=1, extra=N
             blob += payload
             if len(blob) % 2:
                 blob += b"\0"
-    data_off = extra_off + len(blob)
+    assert data_off == extra_off + len(blob)
     out = bytearray(b"II*\0" + struct.pack("<I", ifd_off) + struct.pack("<H", n))
     for tag, typ, count, inline, off in raw:
-        if tag == 273:
-            inline = struct.pack("<I", data_off)
         if inline is None:
             inline = struct.pack("<I", extra_off + off)
         out += struct.pack("<HHI", tag, typ, count) + inline
@@ -395,7 +401,38 @@ else:
     raise SystemExit("tiffcp not found: apt-get install -y libtiff-tools")
 
 
+CRASHERS = os.path.join("tests", "fixtures", "crashers")
+
+
+def patch_tiff_tags(data, changes):
+    """Sets the inline value of little-endian classic-TIFF tags of the first IFD."""
+    b = bytearray(data)
+    ifd = struct.unpack("<I", b[4:8])[0]
+    for k in range(struct.unpack("<H", b[ifd:ifd + 2])[0]):
+        e = ifd + 2 + 12 * k
+        tag, typ = struct.unpack("<HH", b[e:e + 4])
+        if tag in changes:
+            b[e + 8:e + 12] = struct.pack("<H" if typ == 3 else "<I", changes[tag]).ljust(4, b"\0")
+    return bytes(b)
+
+
+def crashers():
+    """Regression files for decoder crashes found by fuzzing (see tests/fixtures/crashers/README.md):
+    corpus files with IFD values changed, written from the corpus files just made."""
+    os.makedirs(CRASHERS, exist_ok=True)
+    made = {name: data for name, _, data in files}
+    for out, src, changes in [
+        # tiff 0.11.3 panics: assertion failed: buf.len() >= layout.row_stride * ... (issue #11)
+        ("tiff_row_stride_assert.tif", "tiffcp_rgb_jpeg_tiled.tif", {284: 2, 322: 40}),
+        # 3 bits a sample: crashed cliplabel's own unpacking before it refused such depths
+        ("tiff_3bit_grey.tif", "tiff_i16_raw.tif", {258: 3}),
+    ]:
+        with open(os.path.join(CRASHERS, out), "wb") as f:
+            f.write(patch_tiff_tags(made[src], changes))
+
+
 def main():
+    crashers()
     for f in os.listdir(OUT) if os.path.isdir(OUT) else []:
         os.remove(os.path.join(OUT, f))
     os.makedirs(OUT, exist_ok=True)

@@ -4,7 +4,6 @@
 //! onto white, as `convert_to_rgb` does; decoding and conversion live in [`crate::images::decode`]), resize the shortest edge with Pillow's resampling,
 //! centre crop, rescale by 1/255 and normalise with the configured mean and std.
 
-use std::io::Cursor;
 use std::path::Path;
 
 use crate::clip::config::{PreprocessConfig, ResizeTo};
@@ -232,7 +231,7 @@ mod tests {
         assert!(decode_rgb(b"hello, not an image", p, DEFAULT_MAX_PIXELS).is_err());
         let mut png = Vec::new();
         image::RgbImage::new(4, 4)
-            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .unwrap();
         assert!(decode_rgb(&png[..png.len() / 2], p, DEFAULT_MAX_PIXELS).is_err());
         assert!(decode_rgb(&png, p, 15)

@@ -172,7 +172,8 @@ pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<(PilImage, u
         let DecodingResult::U8(buf) = &result else {
             return Err(refuse("unexpected TIFF sample type"));
         };
-        if spp != 1 {
+        // Pillow reads 1, 2 and 4 bits a sample (modes 1, L, P), one sample a pixel.
+        if spp != 1 || !matches!(bits, 1 | 2 | 4) {
             return Err(refuse(format!(
                 "TIFF with {spp} samples of {bits} bits is not supported"
             )));
