@@ -106,16 +106,67 @@ pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<(PilImage, u
         .find_tag_unsigned(Tag::FillOrder)
         .map_err(terr)?
         .unwrap_or(1);
-    if fill_order != 1 {
-        // The tiff crate ignores FillOrder; refusing beats returning bit-reversed pixels.
+    if fill_order == 2 && (!matches!(photometric, 0..=3) || !extra.is_empty()) {
+        // Pillow has FillOrder-2 modes for bilevel, grey, palette and RGB only.
         return Err(refuse(
-            "TIFF with FillOrder 2 (least significant bit first) is not supported",
+            "TIFF with FillOrder 2 is supported for bilevel, grey, palette and RGB only (as Pillow)",
         ));
+    }
+    let mut reversed = Vec::new();
+    if fill_order == 2 {
+        // The tiff crate ignores FillOrder; like libtiff, reverse the bits of every byte of
+        // the strips or tiles (before decompression) in a copy, then decode that.
+        let mut copy = bytes.to_vec();
+        let (offs, lens) = if dec.find_tag(Tag::TileOffsets).map_err(terr)?.is_some() {
+            (Tag::TileOffsets, Tag::TileByteCounts)
+        } else {
+            (Tag::StripOffsets, Tag::StripByteCounts)
+        };
+        let offs: Vec<u64> = dec
+            .find_tag_unsigned_vec(offs)
+            .map_err(terr)?
+            .unwrap_or_default();
+        let lens: Vec<u64> = dec
+            .find_tag_unsigned_vec(lens)
+            .map_err(terr)?
+            .unwrap_or_default();
+        for (&o, &l) in offs.iter().zip(&lens) {
+            let start = (o as usize).min(copy.len());
+            let end = (o.saturating_add(l) as usize).min(copy.len());
+            for b in &mut copy[start..end] {
+                *b = b.reverse_bits();
+            }
+        }
+        reversed = copy;
+        dec = Decoder::new(Cursor::new(&reversed[..]))
+            .map_err(terr)?
+            .with_limits(tl.clone());
     }
     let orientation: u16 = dec
         .find_tag_unsigned(Tag::Orientation)
         .map_err(terr)?
         .unwrap_or(1);
+    let planar: u16 = dec
+        .find_tag_unsigned(Tag::PlanarConfiguration)
+        .map_err(terr)?
+        .unwrap_or(1);
+    if compression == 7 && planar == 1 && matches!(photometric, 1 | 2 | 6) && fill_order == 1 {
+        let rgb = jpeg_chunks(bytes, &mut dec, w, h, limits)?;
+        let samples = if photometric == 1 {
+            Samples::L(rgb.data.chunks_exact(3).map(|p| p[0]).collect())
+        } else {
+            Samples::Rgb(rgb.data)
+        };
+        return Ok((
+            PilImage {
+                width: w as usize,
+                height: h as usize,
+                samples,
+                transparency: None,
+            },
+            orientation,
+        ));
+    }
     let mut colormap: Option<Vec<u16>> = None;
     let patched;
     if photometric == 3 {
@@ -126,7 +177,11 @@ pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<(PilImage, u
         );
         let (off, le) = photometric_value_offset(bytes)
             .ok_or_else(|| refuse("TIFF palette image: cannot locate its Photometric tag"))?;
-        let mut copy = bytes.to_vec();
+        let mut copy = if fill_order == 2 {
+            reversed.to_vec()
+        } else {
+            bytes.to_vec()
+        };
         let one: [u8; 2] = if le {
             1u16.to_le_bytes()
         } else {
@@ -248,8 +303,9 @@ pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<(PilImage, u
             Samples::Rgb(to8)
         }
         (DecodingResult::U8(_), tiff::ColorType::YCbCr(_)) if compression == 7 => {
-            // JPEG-compressed YCbCr: the JPEG decoder returns RGB, as libtiff's JPEGCOLORMODE.
-            Samples::Rgb(to8)
+            // JPEG-compressed YCbCr: the tiff crate returns the JPEG's (upsampled) YCbCr; Pillow
+            // has libjpeg convert it to RGB (JPEGCOLORMODE_RGB), so apply libjpeg's formula.
+            Samples::Rgb(ycc_to_rgb(&to8))
         }
         (DecodingResult::U8(_) | DecodingResult::U16(_), tiff::ColorType::RGBA(_)) => {
             let alpha = extra.first().copied().unwrap_or(0);
@@ -301,4 +357,106 @@ fn palette(map: &[u16]) -> Result<Vec<[u8; 4]>, DecodeError> {
         .collect();
     pal.resize(256, [0, 0, 0, 255]);
     Ok(pal)
+}
+
+/// libjpeg's `ycc_rgb_convert`: JFIF YCbCr to RGB in 16-bit fixed point, rounded as its tables.
+fn ycc_to_rgb(ycc: &[u8]) -> Vec<u8> {
+    const SCALEBITS: i32 = 16;
+    const ONE_HALF: i64 = 1 << (SCALEBITS - 1);
+    let fix = |x: f64| -> i64 { (x * (1i64 << SCALEBITS) as f64 + 0.5) as i64 };
+    let clamp = |v: i64| v.clamp(0, 255) as u8;
+    ycc.chunks_exact(3)
+        .flat_map(|p| {
+            let (y, cb, cr) = (p[0] as i64, p[1] as i64 - 128, p[2] as i64 - 128);
+            let r = y + ((fix(1.40200) * cr + ONE_HALF) >> SCALEBITS);
+            let g = y + ((-fix(0.34414) * cb + ONE_HALF - fix(0.71414) * cr) >> SCALEBITS);
+            let b = y + ((fix(1.77200) * cb + ONE_HALF) >> SCALEBITS);
+            [clamp(r), clamp(g), clamp(b)]
+        })
+        .collect()
+}
+
+/// JPEG-compressed strips or tiles (grey, RGB or YCbCr): each chunk, with the JPEGTables
+/// prepended, is decoded by [`crate::images::jpeg`] (libjpeg-turbo, colour conversion and
+/// upsampling as libtiff's JPEGCOLORMODE_RGB asks of libjpeg for Pillow), then placed in the
+/// image.
+fn jpeg_chunks(
+    bytes: &[u8],
+    dec: &mut Decoder<Cursor<&[u8]>>,
+    w: u32,
+    h: u32,
+    limits: &DecodeLimits,
+) -> Result<crate::images::resize::Rgb8, DecodeError> {
+    let tables = match dec.find_tag(Tag::JPEGTables).map_err(terr)? {
+        Some(v) => v.into_u8_vec().map_err(terr)?,
+        None => Vec::new(),
+    };
+    let tiled = dec.find_tag(Tag::TileOffsets).map_err(terr)?.is_some();
+    let (offs, lens, cw, ch) = if tiled {
+        (
+            Tag::TileOffsets,
+            Tag::TileByteCounts,
+            dec.get_tag_u32(Tag::TileWidth).map_err(terr)?,
+            dec.get_tag_u32(Tag::TileLength).map_err(terr)?,
+        )
+    } else {
+        let rps = dec
+            .find_tag_unsigned::<u32>(Tag::RowsPerStrip)
+            .map_err(terr)?
+            .unwrap_or(h)
+            .min(h);
+        (Tag::StripOffsets, Tag::StripByteCounts, w, rps)
+    };
+    if cw == 0 || ch == 0 {
+        return Err(refuse("TIFF chunk of zero size"));
+    }
+    let offs: Vec<u64> = dec
+        .find_tag_unsigned_vec(offs)
+        .map_err(terr)?
+        .unwrap_or_default();
+    let lens: Vec<u64> = dec
+        .find_tag_unsigned_vec(lens)
+        .map_err(terr)?
+        .unwrap_or_default();
+    let across = w.div_ceil(cw) as usize;
+    let down = h.div_ceil(ch) as usize;
+    if offs.len() < across * down || lens.len() < across * down {
+        return Err(refuse("TIFF has fewer chunks than its size needs"));
+    }
+    let (w, h) = (w as usize, h as usize);
+    limits.check_alloc(w * h * 3)?;
+    let mut out = vec![0u8; w * h * 3];
+    for i in 0..across * down {
+        let (o, l) = (offs[i] as usize, lens[i] as usize);
+        let data = bytes
+            .get(o..o.saturating_add(l))
+            .ok_or_else(|| refuse("TIFF chunk lies outside the file"))?;
+        let mut stream = Vec::with_capacity(tables.len() + data.len());
+        if tables.len() >= 4 && data.len() >= 2 {
+            stream.extend_from_slice(&tables[..tables.len() - 2]);
+            stream.extend_from_slice(&data[2..]);
+        } else {
+            stream.extend_from_slice(data);
+        }
+        let tile =
+            crate::images::jpeg::decode_rgb(&stream, std::path::Path::new(""), limits.max_pixels)
+                .map_err(|e| match e {
+                crate::error::Error::Image { message, .. } => {
+                    refuse(format!("cannot decode TIFF JPEG chunk {i}: {message}"))
+                }
+                other => refuse(format!("cannot decode TIFF JPEG chunk {i}: {other}")),
+            })?;
+        let (x0, y0) = ((i % across) * cw as usize, (i / across) * ch as usize);
+        for ty in 0..tile.height.min(h.saturating_sub(y0)) {
+            let n = tile.width.min(w - x0);
+            let src = &tile.data[ty * tile.width * 3..(ty * tile.width + n) * 3];
+            let d = ((y0 + ty) * w + x0) * 3;
+            out[d..d + n * 3].copy_from_slice(src);
+        }
+    }
+    Ok(crate::images::resize::Rgb8 {
+        width: w,
+        height: h,
+        data: out,
+    })
 }
