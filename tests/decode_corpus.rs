@@ -20,6 +20,32 @@ const KNOWN_DIFFERENT: &[(&str, &str)] = &[(
     "CMYK JPEG-in-TIFF tiles go through the tiff crate's zune-jpeg, not libjpeg: 1 level",
 )];
 
+/// Files Pillow opens that cliplabel still refuses (listed in the README's "Image formats"),
+/// each with the reason. The test fails if one of them decodes (then remove it from here) or if
+/// any other Pillow-openable file is refused.
+const KNOWN_REFUSED: &[(&str, &str)] = &[
+    (
+        "tiff_1_group3.tif",
+        "CCITT Group 3: the tiff crate has only Group 4",
+    ),
+    (
+        "tiffcp_1_g3.tif",
+        "CCITT Group 3: the tiff crate has only Group 4",
+    ),
+    (
+        "tiffcp_1_g3_2d.tif",
+        "CCITT Group 3: the tiff crate has only Group 4",
+    ),
+    (
+        "tiff_grey12.tif",
+        "12-bit grey: the tiff crate refuses the depth",
+    ),
+    (
+        "tiffcp_1_tiled_lzw.tif",
+        "1-bit tiled LZW: the tiff crate reports no LZW end code",
+    ),
+];
+
 #[derive(Deserialize)]
 struct Entry {
     file: String,
@@ -93,6 +119,10 @@ fn corpus_decodes_as_pillow_does() {
         };
         let got = match got {
             Ok(g) => g,
+            Err(err) if KNOWN_REFUSED.iter().any(|(f, _)| *f == e.file) => {
+                println!("{}: refused (known): {err}", e.file);
+                continue;
+            }
             Err(err) => {
                 failures.push(format!(
                     "{} ({}, mode {:?}): refused: {err}",
@@ -104,6 +134,9 @@ fn corpus_decodes_as_pillow_does() {
             }
         };
         decoded += 1;
+        if KNOWN_REFUSED.iter().any(|(f, _)| *f == e.file) {
+            failures.push(format!("{} is listed as refused but decodes now", e.file));
+        }
         if (got.width, got.height) != (w, h) {
             failures.push(format!(
                 "{}: size {}x{}, Pillow {w}x{h}",
@@ -161,9 +194,10 @@ fn corpus_decodes_as_pillow_does() {
         }
     }
     println!(
-        "corpus: {} files; Pillow opens {opened}; cliplabel decodes {decoded}; identical {identical}; \
+        "corpus: {} files; Pillow opens {opened}; cliplabel decodes {decoded} ({:.1}%); identical {identical}; \
          min cosine of the others {min_cos:.6}; Pillow-refused files refused {refused_ok}",
-        m.files.len()
+        m.files.len(),
+        100.0 * decoded as f64 / opened as f64
     );
     assert!(
         failures.is_empty(),

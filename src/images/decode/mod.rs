@@ -3,12 +3,13 @@
 //!
 //! Each format goes to a maintained decoder chosen for Pillow parity: JPEG to
 //! [`crate::images::jpeg`] (libjpeg-turbo-derived, Pillow's pixels), PNG to the `png` crate
-//! ([`png`]), TIFF to the `tiff` crate ([`tiff`]), GIF, BMP, WebP and ICO to the `image` crate
+//! ([`png`]), TIFF to the `tiff` crate ([`tiff`]), RLE BMP to [`bmp`], GIF, other BMP, WebP and ICO to the `image` crate
 //! ([`other`]); each yields a [`convert::PilImage`] in Pillow's mode, and [`convert`] applies
 //! `convert_to_rgb`. The whole decode runs inside `catch_unwind`: a panic in any decoder
 //! becomes an error whose message starts `decoder crashed: `, so one bad file cannot stop a
 //! run. [`limits`] bounds pixels, allocation and frames.
 
+mod bmp;
 pub mod convert;
 pub mod limits;
 mod other;
@@ -109,6 +110,7 @@ fn decode_inner(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> Result<Rgb8
                 tiff::decode(bytes, limits).map_err(|e| image_err(path, e.0))?;
             return Ok(orient(convert_to_rgb(pil), orientation));
         }
+        Format::Bmp if bmp::is_rle(bytes) => bmp::decode(bytes, limits),
         Format::Gif | Format::Bmp | Format::WebP | Format::Ico => {
             other::decode(bytes, format, limits)
         }
