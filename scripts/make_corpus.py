@@ -24,14 +24,16 @@ OUT = os.path.join("tests", "fixtures", "corpus")
 W, H = 40, 30
 
 
-def convert_to_rgb(image):
-    """transformers.image_transforms.convert_to_rgb (PIL path), verbatim in behaviour."""
-    if image.mode == "RGB":
-        return image
-    image_rgba = image.convert("RGBA")
-    background = Image.new("RGBA", image_rgba.size, (255, 255, 255))
-    alpha_composite = Image.alpha_composite(background, image_rgba)
-    return alpha_composite.convert("RGB")
+def convert_to_rgb(im):
+    """The RGB conversion of transformers 5.x's PIL image processor, as scripts/make_fixtures.py
+    (rgb_like_transformers) restates it and tests/parity.rs checks it against transformers: an
+    alpha band or a `transparency` entry means convert("RGBA") + alpha_composite over white,
+    otherwise plain convert("RGB")."""
+    if "A" in im.getbands() or im.info.get("transparency") is not None:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
 
 
 def base_rgb():

@@ -25,16 +25,8 @@ const KNOWN_DIFFERENT: &[(&str, &str)] = &[(
 /// any other Pillow-openable file is refused.
 const KNOWN_REFUSED: &[(&str, &str)] = &[
     (
-        "tiff_1_group3.tif",
-        "CCITT Group 3: the tiff crate has only Group 4",
-    ),
-    (
-        "tiffcp_1_g3.tif",
-        "CCITT Group 3: the tiff crate has only Group 4",
-    ),
-    (
         "tiffcp_1_g3_2d.tif",
-        "CCITT Group 3: the tiff crate has only Group 4",
+        "CCITT Group 3 2-D: neither the tiff nor the fax crate decodes it",
     ),
     (
         "tiff_grey12.tif",

@@ -1,6 +1,7 @@
-//! Pillow's images as opened (`mode` + samples + palette + `transparency`) and transformers'
-//! `convert_to_rgb` on them: an `RGB` image is returned as it is (a tRNS colour is ignored),
-//! every other mode goes through Pillow's `convert("RGBA")` and is alpha-composited onto white.
+//! Pillow's images as opened (`mode` + samples + palette + `transparency`) and the RGB
+//! conversion of transformers' PIL image processor on them: an image with an alpha band or a
+//! `transparency` entry goes through Pillow's `convert("RGBA")` and is alpha-composited onto
+//! white; any other goes through `convert("RGB")` (the same values for every mode here).
 //!
 //! Written by hand because the conversions must be Pillow's exactly (its C converters in
 //! `Convert.c`: which modes clip and which scale, how `transparency` becomes alpha, CMYK's
@@ -42,7 +43,7 @@ pub enum Samples {
 pub enum Transparency {
     /// A grey level (modes `1`, `L`, `I;16`, `I`).
     Grey(u32),
-    /// An RGB colour (mode `RGB`; ignored by `convert_to_rgb`, which returns RGB unchanged).
+    /// An RGB colour (mode `RGB`).
     Rgb([u32; 3]),
 }
 
@@ -103,17 +104,29 @@ fn push_composited(out: &mut Vec<u8>, r: u8, g: u8, b: u8, a: u8) {
     }
 }
 
-/// transformers' `convert_to_rgb` on a Pillow image: 8-bit RGB, transparency on white.
+/// transformers' RGB conversion of a Pillow image: 8-bit RGB, transparency on white.
 pub fn convert_to_rgb(img: PilImage) -> Rgb8 {
     let (width, height) = (img.width, img.height);
     let n = width * height;
     let mut out = Vec::with_capacity(n * 3);
+    // Pillow's convert_transparent compares the converted 8-bit grey with the low byte of the
+    // transparency value (checked: a level of 300 makes nothing transparent in I;16).
     let grey_trns = match img.transparency {
-        Some(Transparency::Grey(t)) => Some(t),
+        Some(Transparency::Grey(t)) => Some(t & 0xFF),
         _ => None,
     };
     match img.samples {
-        Samples::Rgb(d) => out = d,
+        Samples::Rgb(d) => match img.transparency {
+            // Pillow's rgbT2rgba compares the low byte of each transparency value.
+            Some(Transparency::Rgb(t)) => {
+                let t = t.map(|v| (v & 0xFF) as u8);
+                for p in d.chunks_exact(3) {
+                    let a = if p == t { 0 } else { 255 };
+                    push_composited(&mut out, p[0], p[1], p[2], a);
+                }
+            }
+            _ => out = d,
+        },
         Samples::Bilevel(d) | Samples::L(d) => {
             // convert_transparent compares the level with the converted grey: for mode 1 a
             // white pixel is 255, so a PNG tRNS level of 1 makes nothing transparent (as Pillow).

@@ -97,8 +97,17 @@ pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<PilImage, De
                 grey_trns,
             )
         }
-        // convert_to_rgb returns an RGB image unchanged: a tRNS colour plays no part.
-        (ColorType::Rgb, _) => (Samples::Rgb(vals.iter().map(|&v| hi(v)).collect()), None),
+        // A tRNS colour: Pillow keeps the 16-bit values; only their low bytes are compared.
+        (ColorType::Rgb, _) => {
+            let t = match trns.as_deref() {
+                Some([r0, r1, g0, g1, b0, b1]) => Some(Transparency::Rgb(
+                    [[*r0, *r1], [*g0, *g1], [*b0, *b1]].map(|v| u16::from_be_bytes(v) as u32),
+                )),
+                Some([r, g, b]) => Some(Transparency::Rgb([*r as u32, *g as u32, *b as u32])),
+                _ => None,
+            };
+            (Samples::Rgb(vals.iter().map(|&v| hi(v)).collect()), t)
+        }
         (ColorType::Indexed, _) => {
             let pal = palette.ok_or_else(|| refuse("PNG palette image without a PLTE chunk"))?;
             let alphas = trns.unwrap_or_default();

@@ -150,6 +150,25 @@ pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<(PilImage, u
         .find_tag_unsigned(Tag::PlanarConfiguration)
         .map_err(terr)?
         .unwrap_or(1);
+    if compression == 3 {
+        let src: &[u8] = if fill_order == 2 { &reversed } else { bytes };
+        let bits = g3_strips(src, &mut dec, w, h, limits)?;
+        // Group 3 codes fax white as bit 0; WhiteIsZero (0) shows bit 0 as white.
+        let white_is_zero = photometric == 0;
+        let px = bits
+            .into_iter()
+            .map(|black| if black == white_is_zero { 0 } else { 255 })
+            .collect();
+        return Ok((
+            PilImage {
+                width: w as usize,
+                height: h as usize,
+                samples: Samples::Bilevel(px),
+                transparency: None,
+            },
+            orientation,
+        ));
+    }
     if compression == 7 && planar == 1 && matches!(photometric, 1 | 2 | 6) && fill_order == 1 {
         let rgb = jpeg_chunks(bytes, &mut dec, w, h, limits)?;
         let samples = if photometric == 1 {
@@ -459,4 +478,66 @@ fn jpeg_chunks(
         height: h,
         data: out,
     })
+}
+
+/// CCITT Group 3 1-D strips (the `tiff` crate decodes only Group 4) through the `fax` crate's
+/// Group 3 decoder, which the `tiff` crate already depends on. Returns one bool a pixel, true
+/// for a fax-black run. 2-D coding (T4Options bit 0) is refused.
+fn g3_strips(
+    bytes: &[u8],
+    dec: &mut Decoder<Cursor<&[u8]>>,
+    w: u32,
+    h: u32,
+    limits: &DecodeLimits,
+) -> Result<Vec<bool>, DecodeError> {
+    let t4: u32 = dec
+        .find_tag_unsigned(Tag::Unknown(292))
+        .map_err(terr)?
+        .unwrap_or(0);
+    if t4 & 1 != 0 {
+        return Err(refuse(
+            "TIFF CCITT Group 3 with 2-D coding is not supported",
+        ));
+    }
+    let width = u16::try_from(w).map_err(|_| refuse("fax image wider than 65535 pixels"))?;
+    let rps = dec
+        .find_tag_unsigned::<u32>(Tag::RowsPerStrip)
+        .map_err(terr)?
+        .unwrap_or(h)
+        .clamp(1, h);
+    let offs: Vec<u64> = dec
+        .find_tag_unsigned_vec(Tag::StripOffsets)
+        .map_err(terr)?
+        .unwrap_or_default();
+    let lens: Vec<u64> = dec
+        .find_tag_unsigned_vec(Tag::StripByteCounts)
+        .map_err(terr)?
+        .unwrap_or_default();
+    let strips = h.div_ceil(rps) as usize;
+    if offs.len() < strips || lens.len() < strips {
+        return Err(refuse("TIFF has fewer strips than its size needs"));
+    }
+    let (w, h) = (w as usize, h as usize);
+    limits.check_alloc(w * h)?;
+    let mut out = Vec::with_capacity(w * h);
+    for i in 0..strips {
+        let (o, l) = (offs[i] as usize, lens[i] as usize);
+        let data = bytes
+            .get(o..o.saturating_add(l))
+            .ok_or_else(|| refuse("TIFF strip lies outside the file"))?;
+        let rows = (rps as usize).min(h - out.len() / w);
+        let mut got = 0usize;
+        fax::decoder::decode_g3(data.iter().copied(), |line| {
+            if got < rows {
+                out.extend(fax::decoder::pels(line, width).map(|c| c == fax::Color::Black));
+                got += 1;
+            }
+        });
+        if got < rows {
+            return Err(refuse(format!(
+                "TIFF Group 3 strip {i} has {got} of {rows} rows"
+            )));
+        }
+    }
+    Ok(out)
 }
