@@ -221,4 +221,63 @@ mod tests {
         }
         assert_eq!(over_white(0, 128), 127);
     }
+
+    fn one(samples: Samples, transparency: Option<Transparency>, w: usize) -> Vec<u8> {
+        convert_to_rgb(PilImage {
+            width: w,
+            height: 1,
+            samples,
+            transparency,
+        })
+        .data
+    }
+
+    /// Values measured with Pillow 13.0.0 (`convert("RGBA")` of tiny images built in Python).
+    #[test]
+    fn conversions_match_pillow() {
+        // CMYK (10, 200, 30, 40) -> (207, 46, 190).
+        assert_eq!(
+            one(Samples::Cmyk(vec![10, 200, 30, 40]), None, 1),
+            [207, 46, 190]
+        );
+        // RGBa unpremultiplies with truncation: (100, 50, 10) at alpha 128 -> (199, 99, 19).
+        let c = one(Samples::RgbaPremultiplied(vec![100, 50, 10, 128]), None, 1);
+        assert_eq!(c, [199, 99, 19].map(|v| over_white(v, 128)));
+        // I;16 clips; a transparency level compares with the clipped value's low byte.
+        let d = one(
+            Samples::I16(vec![0, 5, 255, 300, 65535]),
+            Some(Transparency::Grey(5)),
+            5,
+        );
+        assert_eq!(
+            d,
+            [0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255]
+        );
+        let e = one(Samples::I16(vec![5, 255]), Some(Transparency::Grey(300)), 2);
+        assert_eq!(e, [5, 5, 5, 255, 255, 255]);
+        // F clips and truncates; NaN is 0.
+        let f = one(
+            Samples::F32(vec![-5.0, 5.7, 254.5, 300.0, f32::NAN]),
+            None,
+            5,
+        );
+        assert_eq!(
+            f.iter().step_by(3).copied().collect::<Vec<_>>(),
+            [0, 5, 254, 255, 0]
+        );
+        // Mode 1 with transparency 255 makes white transparent (composited to white).
+        let g = one(
+            Samples::Bilevel(vec![0, 255]),
+            Some(Transparency::Grey(255)),
+            2,
+        );
+        assert_eq!(g, [0, 0, 0, 255, 255, 255]);
+        // An RGB transparency colour compares low bytes: (0, 0, 0x2828) matches (0, 0, 40).
+        let h = one(
+            Samples::Rgb(vec![0, 0, 40, 0, 0, 41]),
+            Some(Transparency::Rgb([0, 0, 0x2828])),
+            2,
+        );
+        assert_eq!(h, [255, 255, 255, 0, 0, 41]);
+    }
 }

@@ -180,6 +180,24 @@ mod tests {
     }
 
     #[test]
+    fn orientation_moves_pixels_as_pillow_exif_transpose() {
+        // 2x1 image: pixel values 1 and 2.
+        let img = Rgb8 {
+            width: 2,
+            height: 1,
+            data: vec![1, 1, 1, 2, 2, 2],
+        };
+        let px = |r: &Rgb8| r.data.iter().step_by(3).copied().collect::<Vec<u8>>();
+        assert_eq!(px(&orient(img.clone(), 1)), [1, 2]);
+        assert_eq!(px(&orient(img.clone(), 2)), [2, 1]);
+        assert_eq!(px(&orient(img.clone(), 3)), [2, 1]);
+        let r6 = orient(img.clone(), 6);
+        assert_eq!((r6.width, r6.height, px(&r6)), (1, 2, vec![1, 2]));
+        let r8 = orient(img, 8);
+        assert_eq!((r8.width, r8.height, px(&r8)), (1, 2, vec![2, 1]));
+    }
+
+    #[test]
     fn unknown_and_empty_bytes_are_refused() {
         let p = Path::new("x");
         let l = DecodeLimits::default();
