@@ -222,6 +222,26 @@ def bmp_os2v1(rgb):
     return b"BM" + struct.pack("<IHHI", off + len(body), 0, 0, off) + hdr + body
 
 
+def bmp_os2v2(rgb, palette=None, indices=None):
+    """OS/2 2.x BMP: a 64-byte info header (the 40 Windows fields + 24 OS/2 fields, here zero),
+    4-byte palette entries; 24-bit or, with a palette, 8-bit. No tool at hand writes it."""
+    h, w, _ = rgb.shape
+    if palette is None:
+        bits, pal = 24, b""
+        stride = (w * 3 + 3) & ~3
+        rows = [rgb[y][:, ::-1].tobytes().ljust(stride, b"\0") for y in range(h)][::-1]
+    else:
+        bits = 8
+        pal = b"".join(bytes([b, g, r, 0]) for r, g, b in palette)
+        stride = (w + 3) & ~3
+        rows = [bytes(indices[y]).ljust(stride, b"\0") for y in range(h)][::-1]
+    body = b"".join(rows)
+    hdr = struct.pack("<IiiHHIIiiII", 64, w, h, 1, bits, 0, len(body), 2835, 2835,
+                      len(palette or []), 0) + b"\0" * 24
+    off = 14 + 64 + len(pal)
+    return b"BM" + struct.pack("<IHHI", off + len(body), 0, 0, off) + hdr + pal + body
+
+
 # ---- the variants -----------------------------------------------------------------------
 rgb = base_rgb()
 alpha = base_alpha()
@@ -282,6 +302,12 @@ add("gif_trns.gif", "Pillow", pil_save(im_p, "GIF", transparency=2))
 frames = [im_p, im_rgb.rotate(90).quantize(16), im_rgb.rotate(180).quantize(16)]
 add("gif_animated.gif", "Pillow", pil_save(frames[0], "GIF", save_all=True, append_images=frames[1:]))
 
+# APNG (Pillow's open() shows frame 0)
+add("png_apng.png", "Pillow", pil_save(frames[0].convert("RGB"), "PNG", save_all=True,
+                                       append_images=[f.convert("RGB") for f in frames[1:]]))
+add("png_apng_rgba.png", "Pillow", pil_save(im_rgba, "PNG", save_all=True,
+                                            append_images=[im_rgba.rotate(180)], disposal=1))
+
 # BMP
 for nm, im in [("rgb", im_rgb), ("l", im_l), ("1", im_1), ("p", im_p), ("rgba", im_rgba)]:
     add(f"bmp_{nm}.bmp", "Pillow", pil_save(im, "BMP"))
@@ -293,6 +319,8 @@ add("bmp_rle4.bmp", "make_corpus.py", bmp_rle(W, H, 4, idx16, pal16))
 add("bmp_rle8_delta.bmp", "make_corpus.py", bmp_rle_delta(W, H, pal16))
 add("bmp_bitfields_alpha.bmp", "make_corpus.py", bmp_bitfields_alpha(rgba))
 add("bmp_os2v1.bmp", "make_corpus.py", bmp_os2v1(rgb))
+add("bmp_os2v2.bmp", "make_corpus.py", bmp_os2v2(rgb))
+add("bmp_os2v2_p8.bmp", "make_corpus.py", bmp_os2v2(rgb, pal16, idx16))
 
 # WebP
 add("webp_lossless.webp", "Pillow", pil_save(im_rgb, "WEBP", lossless=True))
@@ -349,6 +377,9 @@ add("tiff_float32_rgb.tif", "make_corpus.py",
     tiff_raw(W, H, 32, 3, 2, (rgb.astype(np.float32) / 255).astype("<f4").tobytes(), sampleformat=3))
 add("tiff_grey12.tif", "make_corpus.py",
     tiff_raw(W, H, 12, 1, 1, b"".join(pack_bits(r * 16, 12) for r in g)))
+# 12-bit RGB: Pillow 13 has no mode for it (refuses), so cliplabel must refuse it too.
+add("tiff_rgb12.tif", "make_corpus.py",
+    tiff_raw(W, H, 12, 3, 2, b"".join(pack_bits(r.reshape(-1).astype(np.uint32) * 16, 12) for r in rgb)))
 add("tiff_miniswhite.tif", "make_corpus.py", tiff_raw(W, H, 8, 1, 0, (255 - L).tobytes()))
 
 
@@ -356,18 +387,24 @@ def run_tool(args):
     subprocess.run(args, check=True, capture_output=True)
 
 
+def made(name):
+    return next(data for n, _, data in files if n == name)
+
+
 def tiffcp_variants():
     tmp = os.path.join(OUT, "_tmp")
     os.makedirs(tmp, exist_ok=True)
     srcs = {"rgb": pil_save(im_rgb, "TIFF"), "l": pil_save(im_l, "TIFF"),
             "rgba": pil_save(im_rgba, "TIFF"), "1": pil_save(im_1, "TIFF"),
-            "p": pil_save(im_p, "TIFF"), "cmyk": pil_save(im_cmyk, "TIFF")}
+            "p": pil_save(im_p, "TIFF"), "cmyk": pil_save(im_cmyk, "TIFF"),
+            "grey12": made("tiff_grey12.tif"), "grey4": made("tiff_grey4.tif")}
     variants = [
         ("planar_raw", ["-p", "separate"]),
         ("planar_lzw", ["-p", "separate", "-c", "lzw"]),
         ("planar_deflate", ["-p", "separate", "-c", "zip"]),
         ("tiled", ["-t", "-w", "16", "-l", "16"]),
         ("tiled_lzw", ["-t", "-w", "16", "-l", "16", "-c", "lzw"]),
+        ("lzw", ["-c", "lzw", "-r", "7"]),
         ("bigtiff", ["-8"]),
         ("strips_lzw_pred", ["-c", "lzw:2", "-r", "7"]),
         ("jpeg_ycbcr", ["-c", "jpeg", "-r", "16"]),
@@ -386,6 +423,8 @@ def tiffcp_variants():
             if vname.startswith("g") and sname != "1":
                 continue
             if vname.startswith("jpeg") and sname not in ("rgb", "l", "cmyk"):
+                continue
+            if sname in ("grey12", "grey4") and vname not in ("tiled", "tiled_lzw", "lzw"):
                 continue
             dst = os.path.join(tmp, f"{sname}_{vname}.tif")
             try:

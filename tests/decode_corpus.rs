@@ -23,20 +23,10 @@ const KNOWN_DIFFERENT: &[(&str, &str)] = &[(
 /// Files Pillow opens that cliplabel still refuses (listed in the README's "Image formats"),
 /// each with the reason. The test fails if one of them decodes (then remove it from here) or if
 /// any other Pillow-openable file is refused.
-const KNOWN_REFUSED: &[(&str, &str)] = &[
-    (
-        "tiffcp_1_g3_2d.tif",
-        "CCITT Group 3 2-D: neither the tiff nor the fax crate decodes it",
-    ),
-    (
-        "tiff_grey12.tif",
-        "12-bit grey: the tiff crate refuses the depth",
-    ),
-    (
-        "tiffcp_1_tiled_lzw.tif",
-        "1-bit tiled LZW: the tiff crate reports no LZW end code",
-    ),
-];
+const KNOWN_REFUSED: &[(&str, &str)] = &[(
+    "tiffcp_1_g3_2d.tif",
+    "CCITT Group 3 2-D: neither the tiff nor the fax crate decodes it",
+)];
 
 #[derive(Deserialize)]
 struct Entry {

@@ -3,7 +3,9 @@
 //! end-of-line codes black, where Pillow gives them palette index 0. The format is a few
 //! dozen lines; Pillow's rules (pixels past the row end dropped, absolute runs word-aligned
 //! by file offset, too little data refused) are followed to the letter. Other BMPs go to the
-//! `image` crate.
+//! `image` crate; an OS/2 2.x file (64-byte info header, which the `image` crate refuses and
+//! Pillow reads with the Windows fields, ignoring the 24 OS/2 ones) is first rewritten into a
+//! copy with the equivalent 40-byte Windows header.
 
 use super::convert::{PilImage, Samples};
 use super::limits::DecodeLimits;
@@ -25,6 +27,37 @@ pub(super) fn is_rle(b: &[u8]) -> bool {
             (u32_at(b, 30), u16_at(b, 28)),
             (Some(1), Some(8)) | (Some(2), Some(4))
         )
+}
+
+/// Whether the file has an OS/2 2.x info header (64 bytes).
+pub(super) fn is_os2v2(b: &[u8]) -> bool {
+    u32_at(b, 14) == Some(64)
+}
+
+/// An OS/2 2.x BMP as the same file with a 40-byte Windows info header: the first 40 bytes of
+/// the header are the Windows fields; the 24 OS/2 fields after them (units, halftoning,
+/// colour encoding) are dropped, and the pixel-data offset moves back by 24. Compressions
+/// other than none, RLE8 and RLE4 mean OS/2 Huffman or RLE24 there, which are refused.
+pub(super) fn os2v2_to_windows(b: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let short = || refuse("BMP header is truncated");
+    let compression = u32_at(b, 30).ok_or_else(short)?;
+    if compression > 2 {
+        return Err(refuse(format!(
+            "OS/2 2.x BMP with compression {compression} (Huffman 1-D or RLE24) is not supported"
+        )));
+    }
+    let offset = u32_at(b, 10).ok_or_else(short)?;
+    if (offset as usize) < 14 + 64 || b.len() < 14 + 64 {
+        return Err(short());
+    }
+    let mut out = Vec::with_capacity(b.len() - 24);
+    out.extend_from_slice(&b[..14 + 40]);
+    out.extend_from_slice(&b[14 + 64..]);
+    out[10..14].copy_from_slice(&(offset - 24).to_le_bytes());
+    out[14..18].copy_from_slice(&40u32.to_le_bytes());
+    let size = u32_at(b, 2).ok_or_else(short)?.saturating_sub(24);
+    out[2..6].copy_from_slice(&size.to_le_bytes());
+    Ok(out)
 }
 
 pub(super) fn decode(b: &[u8], limits: &DecodeLimits) -> Result<PilImage, DecodeError> {

@@ -111,6 +111,10 @@ fn decode_inner(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> Result<Rgb8
             return Ok(orient(convert_to_rgb(pil), orientation));
         }
         Format::Bmp if bmp::is_rle(bytes) => bmp::decode(bytes, limits),
+        Format::Bmp if bmp::is_os2v2(bytes) => {
+            let copy = bmp::os2v2_to_windows(bytes).map_err(|e| image_err(path, e.0))?;
+            other::decode(&copy, format, limits)
+        }
         Format::Gif | Format::Bmp | Format::WebP | Format::Ico => {
             other::decode(bytes, format, limits)
         }

@@ -212,6 +212,27 @@ pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<(PilImage, u
             .map_err(terr)?
             .with_limits(tl);
     }
+    let bps: u16 = dec
+        .find_tag_unsigned_vec::<u16>(Tag::BitsPerSample)
+        .map_err(terr)?
+        .and_then(|v| v.first().copied())
+        .unwrap_or(1);
+    let spp_tag: u16 = dec
+        .find_tag_unsigned(Tag::SamplesPerPixel)
+        .map_err(terr)?
+        .unwrap_or(1);
+    let tiled = dec.find_tag(Tag::TileOffsets).map_err(terr)?.is_some();
+    if bps == 12 || (compression == 5 && tiled && bps < 8 && spp_tag == 1) {
+        return by_hand(
+            if fill_order == 2 { &reversed } else { bytes },
+            &mut dec,
+            (w, h, bps, spp_tag),
+            (photometric, compression, fill_order, planar),
+            colormap,
+            limits,
+        )
+        .map(|im| (im, orientation));
+    }
     let ct = dec.colortype().map_err(terr)?;
     let bits = ct.bit_depth() as usize;
     let mut result = DecodingResult::U8(Vec::new());
@@ -252,35 +273,7 @@ pub(super) fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<(PilImage, u
                 "TIFF with {spp} samples of {bits} bits is not supported"
             )));
         }
-        let stride = (w * bits).div_ceil(8);
-        let mut vals = Vec::with_capacity(w * h);
-        for y in 0..h {
-            let row = buf
-                .get(y * stride..(y + 1) * stride)
-                .ok_or_else(|| refuse("TIFF data shorter than the image"))?;
-            for x in 0..w {
-                let per = 8 / bits;
-                let shift = 8 - bits * (x % per + 1);
-                vals.push((row[x / per] >> shift) & ((1u8 << bits) - 1));
-            }
-        }
-        let samples = if let Some(map) = colormap {
-            Samples::P(vals, palette(&map)?)
-        } else if bits == 1 {
-            Samples::Bilevel(vals.into_iter().map(|v| v * 255).collect())
-        } else {
-            let scale = 255 / ((1u8 << bits) - 1);
-            Samples::L(vals.into_iter().map(|v| v * scale).collect())
-        };
-        return Ok((
-            PilImage {
-                width: w,
-                height: h,
-                samples,
-                transparency: None,
-            },
-            orientation,
-        ));
+        return Ok((packed_image(buf, w, h, bits, colormap)?, orientation));
     }
     macro_rules! take {
         ($v:expr, $f:expr) => {{
@@ -540,4 +533,194 @@ fn g3_strips(
         }
     }
     Ok(out)
+}
+
+/// Packed rows (1, 2 or 4 bits, one sample a pixel, rows padded to a byte) as Pillow's `1`,
+/// `L` (scaled) or `P` image.
+fn packed_image(
+    buf: &[u8],
+    w: usize,
+    h: usize,
+    bits: usize,
+    colormap: Option<Vec<u16>>,
+) -> Result<PilImage, DecodeError> {
+    let stride = (w * bits).div_ceil(8);
+    let mut vals = Vec::with_capacity(w * h);
+    for y in 0..h {
+        let row = buf
+            .get(y * stride..(y + 1) * stride)
+            .ok_or_else(|| refuse("TIFF data shorter than the image"))?;
+        for x in 0..w {
+            let per = 8 / bits;
+            let shift = 8 - bits * (x % per + 1);
+            vals.push((row[x / per] >> shift) & ((1u8 << bits) - 1));
+        }
+    }
+    let samples = if let Some(map) = colormap {
+        Samples::P(vals, palette(&map)?)
+    } else if bits == 1 {
+        Samples::Bilevel(vals.into_iter().map(|v| v * 255).collect())
+    } else {
+        let scale = 255 / ((1u8 << bits) - 1);
+        Samples::L(vals.into_iter().map(|v| v * scale).collect())
+    };
+    Ok(PilImage {
+        width: w,
+        height: h,
+        samples,
+        transparency: None,
+    })
+}
+
+/// The two layouts the `tiff` crate does not read, decoded here from the strip or tile bytes:
+/// 12-bit grey (the crate refuses the depth; Pillow 13 reads only BlackIsZero, unsigned, one
+/// sample, FillOrder 1 as `I;16` holding the 12-bit values unscaled, its `I;12` unpacker) and
+/// packed (< 8-bit) tiles with LZW (tiff 0.11.3 sizes the LZW output of such tiles wrongly
+/// and fails with "no lzw end code" on files libtiff reads). Chunks are uncompressed or LZW
+/// (through `weezl`, the LZW codec the `tiff` crate itself uses, in TIFF's MSB mode); the
+/// output of each chunk is capped at the size the chunk must have, so a crafted stream
+/// cannot expand further.
+fn by_hand(
+    bytes: &[u8],
+    dec: &mut Decoder<Cursor<&[u8]>>,
+    (w, h, bps, spp): (u32, u32, u16, u16),
+    (photometric, compression, fill_order, planar): (u16, u16, u16, u16),
+    colormap: Option<Vec<u16>>,
+    limits: &DecodeLimits,
+) -> Result<PilImage, DecodeError> {
+    let sample_format: u16 = dec
+        .find_tag_unsigned(Tag::SampleFormat)
+        .map_err(terr)?
+        .unwrap_or(1);
+    let predictor: u16 = dec
+        .find_tag_unsigned(Tag::Predictor)
+        .map_err(terr)?
+        .unwrap_or(1);
+    if bps == 12 && (photometric != 1 || spp != 1 || sample_format != 1 || fill_order != 1) {
+        return Err(refuse(format!(
+            "12-bit TIFF with photometric {photometric}, {spp} samples, sample format \
+             {sample_format}, fill order {fill_order}: Pillow reads only 12-bit BlackIsZero grey"
+        )));
+    }
+    if spp != 1 || planar != 1 || predictor != 1 || !matches!(bps, 1 | 2 | 4 | 12) {
+        return Err(refuse(format!(
+            "TIFF with {spp} samples of {bps} bits, planar {planar}, predictor {predictor} \
+             is not supported"
+        )));
+    }
+    if !matches!(compression, 1 | 5) {
+        return Err(refuse(format!(
+            "{bps}-bit TIFF with compression {compression} is not supported (raw and LZW are)"
+        )));
+    }
+    let bpp = bps as usize;
+    let tiled = dec.find_tag(Tag::TileOffsets).map_err(terr)?.is_some();
+    let (offs, lens, cw, ch) = if tiled {
+        (
+            Tag::TileOffsets,
+            Tag::TileByteCounts,
+            dec.get_tag_u32(Tag::TileWidth).map_err(terr)?,
+            dec.get_tag_u32(Tag::TileLength).map_err(terr)?,
+        )
+    } else {
+        let rps = dec
+            .find_tag_unsigned::<u32>(Tag::RowsPerStrip)
+            .map_err(terr)?
+            .unwrap_or(h)
+            .min(h);
+        (Tag::StripOffsets, Tag::StripByteCounts, w, rps)
+    };
+    if cw == 0 || ch == 0 || (tiled && (cw as usize * bpp) % 8 != 0) {
+        return Err(refuse("TIFF chunk size is zero or not byte-aligned"));
+    }
+    let offs: Vec<u64> = dec
+        .find_tag_unsigned_vec(offs)
+        .map_err(terr)?
+        .unwrap_or_default();
+    let lens: Vec<u64> = dec
+        .find_tag_unsigned_vec(lens)
+        .map_err(terr)?
+        .unwrap_or_default();
+    let across = w.div_ceil(cw) as usize;
+    let down = h.div_ceil(ch) as usize;
+    if offs.len() < across * down || lens.len() < across * down {
+        return Err(refuse("TIFF has fewer chunks than its size needs"));
+    }
+    let (w, h, cw, ch) = (w as usize, h as usize, cw as usize, ch as usize);
+    let stride = (w * bpp).div_ceil(8);
+    let cstride = (cw * bpp).div_ceil(8);
+    let need = cstride
+        .checked_mul(ch)
+        .ok_or_else(|| refuse("TIFF chunk too large"))?;
+    limits.check_alloc(stride.saturating_mul(h).saturating_add(need))?;
+    let mut out = vec![0u8; stride * h];
+    let mut chunk = vec![0u8; need];
+    for i in 0..across * down {
+        let (o, l) = (offs[i] as usize, lens[i] as usize);
+        let data = bytes
+            .get(o..o.saturating_add(l))
+            .ok_or_else(|| refuse("TIFF chunk lies outside the file"))?;
+        let (x0, y0) = ((i % across) * cw, (i / across) * ch);
+        let rows = ch.min(h - y0);
+        // A strip holds only the rows the image has left; a tile is always whole.
+        let want = if tiled { need } else { cstride * rows };
+        let got = if compression == 1 {
+            let n = data.len().min(want);
+            chunk[..n].copy_from_slice(&data[..n]);
+            n
+        } else {
+            lzw(data, &mut chunk[..want])
+                .map_err(|e| refuse(format!("cannot decode TIFF LZW chunk {i}: {e}")))?
+        };
+        if got < want {
+            return Err(refuse(format!(
+                "TIFF chunk {i} holds {got} of its {want} bytes"
+            )));
+        }
+        let xb = x0 * bpp / 8;
+        let n = cstride.min(stride - xb);
+        for r in 0..rows {
+            let d = (y0 + r) * stride + xb;
+            out[d..d + n].copy_from_slice(&chunk[r * cstride..r * cstride + n]);
+        }
+    }
+    if bps < 8 {
+        return packed_image(&out, w, h, bpp, colormap);
+    }
+    // Pillow's `I;12` unpacker: two samples in three bytes, most significant bits first.
+    let mut vals = Vec::with_capacity(w * h);
+    for y in 0..h {
+        let row = &out[y * stride..(y + 1) * stride];
+        for x in 0..w {
+            let b = x * 3 / 2;
+            vals.push(if x % 2 == 0 {
+                (row[b] as u16) << 4 | (row[b + 1] as u16) >> 4
+            } else {
+                ((row[b] & 0x0F) as u16) << 8 | row[b + 1] as u16
+            });
+        }
+    }
+    Ok(PilImage {
+        width: w,
+        height: h,
+        samples: Samples::I16(vals),
+        transparency: None,
+    })
+}
+
+/// TIFF LZW (MSB first, early code-size switch) into `out`, stopping when `out` is full or the
+/// stream ends; returns the bytes written.
+fn lzw(data: &[u8], out: &mut [u8]) -> Result<usize, weezl::LzwError> {
+    let mut d = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8);
+    let (mut i, mut o) = (0, 0);
+    while o < out.len() {
+        let r = d.decode_bytes(&data[i..], &mut out[o..]);
+        i += r.consumed_in;
+        o += r.consumed_out;
+        let status = r.status?;
+        if matches!(status, weezl::LzwStatus::Done) || (r.consumed_in == 0 && r.consumed_out == 0) {
+            break;
+        }
+    }
+    Ok(o)
 }
