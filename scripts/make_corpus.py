@@ -258,6 +258,10 @@ im_i16 = Image.fromarray(L.astype(np.uint16) * 3)
 im_i = Image.fromarray(L.astype(np.int32) * 2 - 60)
 im_f = Image.fromarray(L.astype(np.float32) * 1.3 - 20.5)
 im_cmyk = im_rgb.convert("CMYK")
+# A bilevel page with more structure for the fax codings: odd width, diagonals, rings, text-like bars.
+_fy, _fx = np.mgrid[0:57, 0:83]
+im_fax = Image.fromarray((((_fx + 2 * _fy) % 11 < 3) | (((_fx - 40) ** 2 + (_fy - 28) ** 2) // 60 % 3 == 0)
+                          | ((_fy % 9 < 2) & (_fx % 13 < 9))).astype(np.uint8) * 255).convert("1")
 
 # PNG by Pillow
 for nm, im in [("rgb", im_rgb), ("rgba", im_rgba), ("l", im_l), ("la", im_la), ("1", im_1),
@@ -397,7 +401,8 @@ def tiffcp_variants():
     srcs = {"rgb": pil_save(im_rgb, "TIFF"), "l": pil_save(im_l, "TIFF"),
             "rgba": pil_save(im_rgba, "TIFF"), "1": pil_save(im_1, "TIFF"),
             "p": pil_save(im_p, "TIFF"), "cmyk": pil_save(im_cmyk, "TIFF"),
-            "grey12": made("tiff_grey12.tif"), "grey4": made("tiff_grey4.tif")}
+            "grey12": made("tiff_grey12.tif"), "grey4": made("tiff_grey4.tif"),
+            "1fax": pil_save(im_fax, "TIFF")}
     variants = [
         ("planar_raw", ["-p", "separate"]),
         ("planar_lzw", ["-p", "separate", "-c", "lzw"]),
@@ -412,6 +417,7 @@ def tiffcp_variants():
         ("jpeg_tiled", ["-c", "jpeg", "-t", "-w", "16", "-l", "16"]),
         ("g3", ["-c", "g3"]),
         ("g3_2d", ["-c", "g3:2d"]),
+        ("g3_2d_fill", ["-c", "g3:2d:fill", "-r", "7"]),
         ("g4", ["-c", "g4"]),
         ("msb2lsb", ["-f", "lsb2msb"]),
     ]
@@ -420,7 +426,9 @@ def tiffcp_variants():
         with open(src, "wb") as f:
             f.write(data)
         for vname, args in variants:
-            if vname.startswith("g") and sname != "1":
+            if sname == "1fax" and not vname.startswith("g"):
+                continue
+            if vname.startswith("g") and sname not in ("1", "1fax"):
                 continue
             if vname.startswith("jpeg") and sname not in ("rgb", "l", "cmyk"):
                 continue

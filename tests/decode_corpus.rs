@@ -23,10 +23,7 @@ const KNOWN_DIFFERENT: &[(&str, &str)] = &[(
 /// Files Pillow opens that cliplabel still refuses (listed in the README's "Image formats"),
 /// each with the reason. The test fails if one of them decodes (then remove it from here) or if
 /// any other Pillow-openable file is refused.
-const KNOWN_REFUSED: &[(&str, &str)] = &[(
-    "tiffcp_1_g3_2d.tif",
-    "CCITT Group 3 2-D: neither the tiff nor the fax crate decodes it",
-)];
+const KNOWN_REFUSED: &[(&str, &str)] = &[];
 
 #[derive(Deserialize)]
 struct Entry {

@@ -10,6 +10,11 @@
 //! therefore read here and rewritten to BlackIsZero in a copy of the header, so the crate
 //! returns the indices and the colour map is applied here (a small, checked patch of one tag
 //! value rather than a hand-written TIFF decoder).
+//!
+//! Written here because no crate decodes them (see each function): CCITT Group 3 strips
+//! (1-D through the `fax` crate's decoder, 2-D by glue around `fax`'s code tables and Group 4
+//! decoder), and the strips/tiles of 12-bit grey and of packed tiled LZW files, which the
+//! `tiff` crate refuses (LZW through `weezl`, the codec the `tiff` crate uses itself).
 
 use std::io::Cursor;
 
@@ -475,7 +480,7 @@ fn jpeg_chunks(
 
 /// CCITT Group 3 1-D strips (the `tiff` crate decodes only Group 4) through the `fax` crate's
 /// Group 3 decoder, which the `tiff` crate already depends on. Returns one bool a pixel, true
-/// for a fax-black run. 2-D coding (T4Options bit 0) is refused.
+/// for a fax-black run. 2-D coding (T4Options bit 0) goes to [`g3_2d_strip`].
 fn g3_strips(
     bytes: &[u8],
     dec: &mut Decoder<Cursor<&[u8]>>,
@@ -487,11 +492,7 @@ fn g3_strips(
         .find_tag_unsigned(Tag::Unknown(292))
         .map_err(terr)?
         .unwrap_or(0);
-    if t4 & 1 != 0 {
-        return Err(refuse(
-            "TIFF CCITT Group 3 with 2-D coding is not supported",
-        ));
-    }
+    let two_d = t4 & 1 != 0;
     let width = u16::try_from(w).map_err(|_| refuse("fax image wider than 65535 pixels"))?;
     let rps = dec
         .find_tag_unsigned::<u32>(Tag::RowsPerStrip)
@@ -519,6 +520,13 @@ fn g3_strips(
             .get(o..o.saturating_add(l))
             .ok_or_else(|| refuse("TIFF strip lies outside the file"))?;
         let rows = (rps as usize).min(h - out.len() / w);
+        if two_d {
+            out.extend(
+                g3_2d_strip(data, width, rows)
+                    .map_err(|e| refuse(format!("TIFF Group 3 2-D strip {i}: {e}")))?,
+            );
+            continue;
+        }
         let mut got = 0usize;
         fax::decoder::decode_g3(data.iter().copied(), |line| {
             if got < rows {
@@ -723,4 +731,152 @@ fn lzw(data: &[u8], out: &mut [u8]) -> Result<usize, weezl::LzwError> {
         }
     }
     Ok(o)
+}
+
+/// A bit string (MSB first) read through the `fax` crate's code tables.
+struct BitCursor<'a> {
+    bits: &'a [bool],
+    pos: usize,
+}
+
+impl fax::BitReader for BitCursor<'_> {
+    type Error = ();
+    fn peek(&self, n: u8) -> Option<u16> {
+        let n = n as usize;
+        let s = self.bits.get(self.pos..self.pos + n)?;
+        Some(s.iter().fold(0u16, |a, &b| a << 1 | b as u16))
+    }
+    fn consume(&mut self, n: u8) -> Result<(), ()> {
+        self.pos += n as usize;
+        if self.pos > self.bits.len() {
+            return Err(());
+        }
+        Ok(())
+    }
+    fn bits_to_byte_boundary(&self) -> u8 {
+        ((8 - self.pos % 8) % 8) as u8
+    }
+}
+
+/// Collects the `fax` encoder's output as bits.
+struct BitSink(Vec<bool>);
+
+impl fax::BitWriter for BitSink {
+    type Error = std::convert::Infallible;
+    fn write(&mut self, bits: fax::Bits) -> Result<(), Self::Error> {
+        self.0
+            .extend((0..bits.len).rev().map(|i| (bits.data >> i) & 1 == 1));
+        Ok(())
+    }
+}
+
+/// One CCITT Group 3 2-D (T.4 MR) strip: `rows` lines, one bool a pixel (true = fax black).
+///
+/// Neither the `tiff` nor the `fax` crate decodes MR, but it is built from parts `fax` has:
+/// every line follows an EOL (eleven or more 0 bits, then 1) and a tag bit; a tag of 1 means a
+/// 1-D (MH) line, decoded here with `fax`'s white/black run tables; a tag of 0 means a 2-D
+/// line coded exactly as a Group 4 line against the line above. For such a line the line
+/// above is re-encoded with `fax`'s Group 4 encoder, the MR line's bits appended, and `fax`'s
+/// Group 4 decoder reads the two lines back (hand-written glue rather than a second fax codec).
+/// Zero bits after a line's last code cannot be told apart from EOL fill, so each line's bits
+/// are padded with zeros; a line ends at the image width, so the padding is never read as data.
+fn g3_2d_strip(data: &[u8], width: u16, rows: usize) -> Result<Vec<bool>, String> {
+    use fax::Color;
+    let w = width as usize;
+    let bits: Vec<bool> = data
+        .iter()
+        .flat_map(|&b| (0..8).rev().map(move |i| (b >> i) & 1 == 1))
+        .collect();
+    // Lines: the bits between EOLs (without the zeros before each EOL).
+    let mut segments = Vec::new();
+    let (mut start, mut zeros) = (0usize, 0usize);
+    for (i, &b) in bits.iter().enumerate() {
+        if !b {
+            zeros += 1;
+            continue;
+        }
+        if zeros >= 11 {
+            segments.push(&bits[start..i - zeros]);
+            start = i + 1;
+        }
+        zeros = 0;
+    }
+    segments.push(&bits[start..bits.len() - zeros]);
+    let mut out = Vec::with_capacity(w * rows);
+    let mut above = vec![false; w];
+    for seg in segments.into_iter().filter(|s| s.len() > 1) {
+        if out.len() == w * rows {
+            break;
+        }
+        let mut padded = seg[1..].to_vec();
+        padded.extend([false; 32]);
+        let line: Vec<bool> = if seg[0] {
+            let mut r = BitCursor {
+                bits: &padded,
+                pos: 0,
+            };
+            let mut line = vec![false; w];
+            let (mut x, mut black) = (0usize, false);
+            while x < w {
+                let mut run = 0usize;
+                loop {
+                    let n = if black {
+                        fax::maps::black::decode(&mut r)
+                    } else {
+                        fax::maps::white::decode(&mut r)
+                    }
+                    .ok_or("invalid 1-D code")?;
+                    run += n as usize;
+                    if n < 64 {
+                        break;
+                    }
+                }
+                if black {
+                    line[x..(x + run).min(w)].fill(true);
+                }
+                x += run;
+                black = !black;
+            }
+            line
+        } else {
+            let mut enc = fax::encoder::Encoder::new(BitSink(Vec::new()));
+            let pels = above
+                .iter()
+                .map(|&b| if b { Color::Black } else { Color::White });
+            enc.encode_line(pels, width).unwrap_or_else(|e| match e {});
+            let mut sink = enc.finish().unwrap_or_else(|e| match e {});
+            // Drop the end-of-block code the encoder closes with (two 12-bit EOLs).
+            sink.0.truncate(sink.0.len().saturating_sub(24));
+            sink.0.extend_from_slice(&padded);
+            let mut bytes = Vec::with_capacity(sink.0.len() / 8 + 1);
+            for c in sink.0.chunks(8) {
+                bytes.push(
+                    c.iter()
+                        .enumerate()
+                        .fold(0u8, |a, (i, &b)| a | (b as u8) << (7 - i)),
+                );
+            }
+            let mut g4 = fax::decoder::Group4Decoder::new(
+                bytes.into_iter().map(Ok::<u8, std::convert::Infallible>),
+                width,
+            )
+            .unwrap_or_else(|e| match e {});
+            for _ in 0..2 {
+                match g4.advance() {
+                    Ok(fax::decoder::DecodeStatus::Incomplete) => {}
+                    _ => return Err("invalid 2-D line".into()),
+                }
+            }
+            g4.line().pels().map(|c| c == Color::Black).collect()
+        };
+        if line.len() != w {
+            return Err("line of the wrong width".into());
+        }
+        above.clone_from(&line);
+        out.extend(line);
+    }
+    if out.len() < w * rows {
+        return Err(format!("{} of {rows} rows", out.len() / w));
+    }
+    Ok(out)
 }
