@@ -638,7 +638,7 @@ fn by_hand(
             .min(h);
         (Tag::StripOffsets, Tag::StripByteCounts, w, rps)
     };
-    if cw == 0 || ch == 0 || (tiled && (cw as usize * bpp) % 8 != 0) {
+    if cw == 0 || ch == 0 || (tiled && !(cw as usize * bpp).is_multiple_of(8)) {
         return Err(refuse("TIFF chunk size is zero or not byte-aligned"));
     }
     let offs: Vec<u64> = dec
@@ -879,4 +879,67 @@ fn g3_2d_strip(data: &[u8], width: u16, rows: usize) -> Result<Vec<bool>, String
         return Err(format!("{} of {rows} rows", out.len() / w));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn corpus(name: &str) -> Vec<u8> {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/corpus")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tiled_lzw_tile_is_a_complete_stream() {
+        // tiffcp_1_tiled_lzw.tif, tile 0 (tiffinfo: offset 8, 18 bytes; 16x16 1-bit = 32 bytes).
+        // The stream ends with its end code after exactly 32 bytes: the file is sound, and the
+        // "no lzw end code" of tiff 0.11.3 is the crate's.
+        let b = corpus("tiffcp_1_tiled_lzw.tif");
+        let tile = &b[8..8 + 18];
+        let full = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8)
+            .decode(tile)
+            .unwrap();
+        assert_eq!(full.len(), 32);
+        let mut out = [0u8; 32];
+        assert_eq!(lzw(tile, &mut out).unwrap(), 32);
+        assert_eq!(&out[..], &full[..]);
+        // Capped: a stream cannot write past the size its chunk must have.
+        let mut small = [0u8; 5];
+        assert_eq!(lzw(tile, &mut small).unwrap(), 5);
+        assert_eq!(&small[..], &full[..5]);
+    }
+
+    #[test]
+    fn g3_2d_lines_are_counted_and_garbage_is_refused() {
+        // An all-white 1-D line of width 8 is EOL, tag 1, white run 8 (10011), black run 0
+        // (0000110111); a 2-D line copying it is EOL, tag 0, V0 (1).
+        let mut bits = String::new();
+        bits += "000000000001";
+        bits += "1";
+        bits += "10011";
+        bits += "0000110111";
+        bits += "000000000001";
+        bits += "0";
+        bits += "1";
+        bits += "000000000001";
+        while !bits.len().is_multiple_of(8) {
+            bits.push('0');
+        }
+        let bytes: Vec<u8> = bits
+            .as_bytes()
+            .chunks(8)
+            .map(|c| c.iter().fold(0u8, |a, &b| a << 1 | (b == b'1') as u8))
+            .collect();
+        assert_eq!(g3_2d_strip(&bytes, 8, 2).unwrap(), vec![false; 16]);
+        assert!(g3_2d_strip(&bytes, 8, 3)
+            .unwrap_err()
+            .contains("2 of 3 rows"));
+        assert!(g3_2d_strip(&[0xFF; 40], 8, 2).is_err());
+        assert!(g3_2d_strip(&[], 8, 1).is_err());
+    }
 }
