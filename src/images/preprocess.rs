@@ -1,18 +1,17 @@
 //! Image decoding and CLIP preprocessing, matching transformers' PIL-based image processor.
 //!
 //! The steps are those of `CLIPImageProcessorPil`: convert to RGB (compositing transparency
-//! onto white, as `convert_to_rgb` does), resize the shortest edge with Pillow's resampling,
+//! onto white, as `convert_to_rgb` does; decoding and conversion live in [`crate::images::decode`]), resize the shortest edge with Pillow's resampling,
 //! centre crop, rescale by 1/255 and normalise with the configured mean and std.
 
-use std::io::Cursor;
 use std::path::Path;
-
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
 use crate::clip::config::{PreprocessConfig, ResizeTo};
 use crate::error::{Error, Result};
-use crate::images::limits::check_dimensions;
+use crate::images::decode;
 use crate::images::resize::{resize, Rgb8};
+
+pub use crate::images::decode::DEFAULT_MAX_PIXELS;
 
 /// A preprocessed image: `channels * height * width` normalised floats, channel-first.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,130 +24,15 @@ pub struct Pixels {
     pub data: Vec<f32>,
 }
 
-fn image_err(path: &Path, message: impl Into<String>) -> Error {
-    Error::Image {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
-}
-
-/// Composites one RGBA pixel onto opaque white exactly as Pillow's `alpha_composite` does.
-#[inline]
-fn over_white(c: u8, a: u8) -> u8 {
-    // With an opaque white destination, Pillow's integer formula reduces to these coefficients.
-    const PRECISION_BITS: u32 = 7;
-    let a = a as u32;
-    let coef1 = a << PRECISION_BITS;
-    let coef2 = (255 - a) << PRECISION_BITS;
-    let tmp = c as u32 * coef1 + 255 * coef2 + (0x80 << PRECISION_BITS);
-    ((((tmp >> 8) + tmp) >> 8) >> PRECISION_BITS) as u8
-}
-
-fn rgba_to_rgb(width: usize, height: usize, rgba: impl Iterator<Item = [u8; 4]>) -> Rgb8 {
-    let mut data = Vec::with_capacity(width * height * 3);
-    for [r, g, b, a] in rgba {
-        data.extend([over_white(r, a), over_white(g, a), over_white(b, a)]);
-    }
-    Rgb8 {
-        width,
-        height,
-        data,
-    }
-}
-
-/// Converts a decoded image to 8-bit RGB the way `convert_to_rgb` in transformers does with PIL.
-///
-/// Images with an alpha band (including palette or tRNS transparency, which the PNG decoder
-/// expands to alpha) are composited onto white. 16-bit colour images keep the high byte as
-/// Pillow's PNG loader does; 16-bit grayscale is clipped to 255, as PIL's `I;16` to `RGB`.
-pub fn to_rgb8(img: DynamicImage) -> Rgb8 {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    match img {
-        DynamicImage::ImageRgb8(b) => Rgb8 {
-            width: w,
-            height: h,
-            data: b.into_raw(),
-        },
-        DynamicImage::ImageRgba8(b) => rgba_to_rgb(w, h, b.pixels().map(|p| p.0)),
-        DynamicImage::ImageLuma8(b) => Rgb8 {
-            width: w,
-            height: h,
-            data: b.into_raw().into_iter().flat_map(|v| [v, v, v]).collect(),
-        },
-        DynamicImage::ImageLumaA8(b) => {
-            rgba_to_rgb(w, h, b.pixels().map(|p| [p.0[0], p.0[0], p.0[0], p.0[1]]))
-        }
-        DynamicImage::ImageLuma16(b) => Rgb8 {
-            width: w,
-            height: h,
-            data: b
-                .into_raw()
-                .into_iter()
-                .flat_map(|v| {
-                    let v = v.min(255) as u8;
-                    [v, v, v]
-                })
-                .collect(),
-        },
-        DynamicImage::ImageLumaA16(b) => rgba_to_rgb(
-            w,
-            h,
-            b.pixels().map(|p| {
-                let l = (p.0[0] >> 8) as u8;
-                [l, l, l, (p.0[1] >> 8) as u8]
-            }),
-        ),
-        DynamicImage::ImageRgb16(b) => Rgb8 {
-            width: w,
-            height: h,
-            data: b.into_raw().into_iter().map(|v| (v >> 8) as u8).collect(),
-        },
-        DynamicImage::ImageRgba16(b) => {
-            rgba_to_rgb(w, h, b.pixels().map(|p| p.0.map(|v| (v >> 8) as u8)))
-        }
-        other => {
-            let b = other.to_rgb8();
-            Rgb8 {
-                width: w,
-                height: h,
-                data: b.into_raw(),
-            }
-        }
-    }
-}
-
-/// Decodes an image file's bytes to RGB, refusing before decoding any image whose header
-/// declares more than `max_pixels` pixels.
-///
-/// JPEG files (recognised by their signature, whatever their name) are decoded by
-/// [`crate::images::jpeg`], whose pixels equal Pillow's; other formats by the `image` crate.
+/// Decodes an image file's bytes to the RGB Pillow + transformers' `convert_to_rgb` give,
+/// refusing any image whose header declares more than `max_pixels` pixels; never panics
+/// (see [`crate::images::decode`]).
 pub fn decode_rgb(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Rgb8> {
-    if bytes.is_empty() {
-        return Err(image_err(path, "empty file (0 bytes)"));
-    }
-    if crate::images::jpeg::is_jpeg(bytes) {
-        return crate::images::jpeg::decode_rgb(bytes, path, max_pixels);
-    }
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| image_err(path, format!("cannot read: {e}")))?;
-    if reader.format().is_none() {
-        return Err(image_err(
-            path,
-            "not a supported image (unrecognised file signature)",
-        ));
-    }
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| image_err(path, format!("cannot decode header: {e}")))?;
-    let (w, h) = decoder.dimensions();
-    check_dimensions(path, w, h, max_pixels)?;
-    decoder
-        .set_limits(Limits::no_limits())
-        .map_err(|e| image_err(path, format!("cannot decode: {e}")))?;
-    let img = DynamicImage::from_decoder(decoder)
-        .map_err(|e| image_err(path, format!("cannot decode: {e}")))?;
-    Ok(to_rgb8(img))
+    decode::decode_rgb(
+        bytes,
+        path,
+        &decode::DecodeLimits::with_max_pixels(max_pixels),
+    )
 }
 
 /// Reads and decodes an image file to RGB (see [`decode_rgb`]).
@@ -262,7 +146,6 @@ pub fn preprocess_file(path: &Path, cfg: &PreprocessConfig, max_pixels: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::images::limits::DEFAULT_MAX_PIXELS;
 
     #[test]
     fn resize_target_matches_transformers() {
@@ -289,15 +172,6 @@ mod tests {
             ),
             (4, 3)
         );
-    }
-
-    #[test]
-    fn opaque_composite_is_identity_and_transparent_is_white() {
-        for v in 0..=255u8 {
-            assert_eq!(over_white(v, 255), v);
-            assert_eq!(over_white(v, 0), 255);
-        }
-        assert_eq!(over_white(0, 128), 127);
     }
 
     #[test]
@@ -332,7 +206,7 @@ mod tests {
         assert!(decode_rgb(b"hello, not an image", p, DEFAULT_MAX_PIXELS).is_err());
         let mut png = Vec::new();
         image::RgbImage::new(4, 4)
-            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .unwrap();
         assert!(decode_rgb(&png[..png.len() / 2], p, DEFAULT_MAX_PIXELS).is_err());
         assert!(decode_rgb(&png, p, 15)
