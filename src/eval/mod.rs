@@ -2,6 +2,7 @@
 //! confusion matrices ([`metrics`]), the zero-shot-versus-heads experiment of `compare`
 //! ([`compare`]) and its report ([`report`]).
 
+pub mod audit;
 pub mod compare;
 pub mod dataset;
 pub mod metrics;
