@@ -36,7 +36,7 @@ pub use outliers::Outlier;
 
 /// The default near-duplicate cosine threshold; see README "Auditing a dataset" for the
 /// measurement behind it (generated copies vs distinct images through the demo model).
-pub const DEFAULT_DUPLICATE_THRESHOLD: f32 = 0.95;
+pub const DEFAULT_DUPLICATE_THRESHOLD: f32 = 0.997;
 
 /// Why an audit could not run.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,8 @@ pub struct AuditOptions {
     pub folds: usize,
     /// Seed of the fold assignment.
     pub seed: u64,
-    /// `C` grid of the head (`None`: the default coarse-to-fine search of `fit`).
+    /// `C` values tried for the head; the one with the lowest out-of-fold log-loss is used
+    /// (`None`: [`default_audit_c_grid`]).
     pub c_grid: Option<Vec<f64>>,
     /// How likely mislabels are ranked.
     pub rank_by: RankBy,
@@ -174,10 +175,12 @@ pub struct AuditResult {
     pub labels: Vec<usize>,
     /// Number of train rows.
     pub n_train: usize,
-    /// The chosen `C` of the head and its cross-validated accuracy (against the given labels).
+    /// The `C` of the head with the lowest out-of-fold log-loss against the given labels.
     pub cv_c: f64,
     /// Cross-validated accuracy at `cv_c`.
     pub cv_accuracy: f64,
+    /// Mean out-of-fold log-loss at `cv_c` (the selection criterion).
+    pub cv_log_loss: f64,
     /// Out-of-fold probabilities used (`n_train * classes`, after any zero-shot blend).
     pub probs: Vec<f32>,
     /// Confident learning on them.
@@ -196,6 +199,21 @@ pub struct AuditResult {
     pub failures: Vec<Failure>,
     /// The options used.
     pub options: AuditOptions,
+}
+
+/// The default `C` grid of the audit's head: 1e-2 to 1e4, half a decade apart.
+pub fn default_audit_c_grid() -> Vec<f64> {
+    (-4..=8).map(|e| 10f64.powf(e as f64 / 2.0)).collect()
+}
+
+/// Mean negative log-probability of the given labels (probabilities floored at 1e-12).
+fn log_loss(probs: &[f32], labels: &[usize], k: usize) -> f64 {
+    let total: f64 = probs
+        .chunks_exact(k)
+        .zip(labels)
+        .map(|(row, &l)| -(row[l] as f64).max(1e-12).ln())
+        .sum();
+    total / labels.len().max(1) as f64
 }
 
 fn check_set(set: &AuditSet, dim: usize, what: &str) -> Result<(), AuditError> {
@@ -280,18 +298,34 @@ pub fn audit_embeddings(
     let xt = normalised(&train.embeddings, dim);
     let xm = Matrix::new(n_train, dim, xt)?;
     let data = linear_head::Dataset::new(&xm, &train.labels, k)?;
-    let cv = linear_head::cross_validate(
-        &data,
-        None,
-        &CvOptions {
-            folds: opts.folds,
-            c_grid: opts.c_grid.clone(),
-            seed: opts.seed,
-            ..CvOptions::default()
-        },
-        Some(classes),
-    )?;
-    let mut probs = linear_head::softmax_rows(&cv.oof_logits).into_vec();
+    // C is chosen by out-of-fold log-loss, not accuracy: confident learning needs the
+    // probabilities, and accuracy saturates at small C (ties go to the smaller C), whose
+    // probabilities are nearly flat.
+    let grid = opts.c_grid.clone().unwrap_or_else(default_audit_c_grid);
+    let mut best: Option<(f64, f64, f64, Matrix)> = None; // (log-loss, C, accuracy, probs)
+    for &c in &grid {
+        let cv = linear_head::cross_validate(
+            &data,
+            None,
+            &CvOptions {
+                folds: opts.folds,
+                c_grid: Some(vec![c]),
+                seed: opts.seed,
+                ..CvOptions::default()
+            },
+            Some(classes),
+        )?;
+        let p = linear_head::softmax_rows(&cv.oof_logits);
+        let loss = log_loss(p.as_slice(), &train.labels, k);
+        if best.as_ref().is_none_or(|b| loss < b.0) {
+            best = Some((loss, c, cv.best_accuracy, p));
+        }
+    }
+    let (cv_log_loss, cv_c, cv_accuracy, p) = best.ok_or(AuditError::BadOption {
+        option: "c_grid",
+        message: "is empty".into(),
+    })?;
+    let mut probs = p.into_vec();
     if let Some(zs) = zero_shot {
         if zs.len() != n_train * k {
             return Err(AuditError::Shape {
@@ -398,8 +432,9 @@ pub fn audit_embeddings(
         splits,
         labels: train.labels.clone(),
         n_train,
-        cv_c: cv.best_c,
-        cv_accuracy: cv.best_accuracy,
+        cv_c,
+        cv_accuracy,
+        cv_log_loss,
         probs,
         mislabels,
         exact_groups,

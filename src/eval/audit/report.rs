@@ -329,9 +329,10 @@ fn markdown(dir: &Path, r: &AuditResult, s: &AuditSummary) -> String {
     let _ = writeln!(m, "| outliers | {} | outliers.csv |\n", s.outliers);
     let _ = writeln!(
         m,
-        "Method: {}-fold out-of-fold probabilities of the linear head (C = {:.3e}, CV accuracy {:.1}% against the given labels){}; confident learning ranked by {}; near-duplicates at cosine >= {}; outliers at robust z < -{} (k = {}).\n",
+        "Method: {}-fold out-of-fold probabilities of the linear head (C = {:.3e} by out-of-fold log-loss {:.4}; accuracy {:.1}% against the given labels){}; confident learning ranked by {}; near-duplicates at cosine >= {}; outliers at robust z < -{} (k = {}).\n",
         o.folds,
         r.cv_c,
+        r.cv_log_loss,
         r.cv_accuracy * 100.0,
         if r.options.zero_shot_weight > 0.0 && r.probs.len() == r.n_train * r.classes.len() {
             format!(", zero-shot weight {} where zero-shot was given", o.zero_shot_weight)
