@@ -16,7 +16,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use cliplabel::clip::engine::{Engine, Features};
-use cliplabel::eval::audit::{duplicates, mislabels, run_audit, AuditOptions, RankBy};
+use cliplabel::eval::audit::{
+    duplicates, mislabels, run_audit, AuditOptions, AuditSources, RankBy,
+};
 use cliplabel::eval::dataset::LabelledSet;
 use cliplabel::jobs::cache::EmbeddingCache;
 
@@ -66,8 +68,15 @@ fn knn(n: usize, d: usize) {
     let before = peak_rss_mib();
     let opts = AuditOptions::default();
     let t = Instant::now();
-    let nb = duplicates::neighbours(&x, d, opts.duplicate_threshold, opts.k, opts.block_rows, |_, _| {})
-        .unwrap();
+    let nb = duplicates::neighbours(
+        &x,
+        d,
+        opts.duplicate_threshold,
+        opts.k,
+        opts.block_rows,
+        |_, _| {},
+    )
+    .unwrap();
     let secs = t.elapsed().as_secs_f64();
     println!(
         "knn: n={n} d={d} k={} threshold={} block_rows={} threads={} avx512={}: {secs:.1} s, {} pairs, peak RSS {:.0} MiB (embeddings alone {:.0} MiB, peak before the search {before:.0} MiB)",
@@ -102,8 +111,19 @@ fn mislabels_cmd(model: &str, dir: &Path, flip: f64, seed: u64, out: &Path) {
     }
     let mut cache = EmbeddingCache::open(None, &engine, Features::Projected).unwrap();
     let t = Instant::now();
-    let r = run_audit(&engine, &mut cache, &set, None, None, 64, &AuditOptions::default(), |_| {})
-        .unwrap();
+    let r = run_audit(
+        &engine,
+        &mut cache,
+        AuditSources {
+            train: &set,
+            test: None,
+            zero_shot: None,
+            batch_size: 64,
+        },
+        &AuditOptions::default(),
+        |_| {},
+    )
+    .unwrap();
     let audit_secs = t.elapsed().as_secs_f64();
     assert!(r.failures.is_empty());
     // Confident learning alone on the probabilities, as cleanlab's call is timed.
@@ -111,7 +131,9 @@ fn mislabels_cmd(model: &str, dir: &Path, flip: f64, seed: u64, out: &Path) {
     let t = Instant::now();
     let mut cl = None;
     for _ in 0..reps {
-        cl = Some(mislabels::confident_learning(&r.probs, k, &r.labels, RankBy::SelfConfidence).unwrap());
+        cl = Some(
+            mislabels::confident_learning(&r.probs, k, &r.labels, RankBy::SelfConfidence).unwrap(),
+        );
     }
     let cl_secs = t.elapsed().as_secs_f64() / reps as f64;
     let cl = cl.unwrap();
@@ -137,7 +159,11 @@ fn mislabels_cmd(model: &str, dir: &Path, flip: f64, seed: u64, out: &Path) {
         "audit_seconds": audit_secs, "confident_learning_seconds": cl_secs,
         "threads": rayon::current_num_threads(),
     });
-    std::fs::write(out.join("meta.json"), serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+    std::fs::write(
+        out.join("meta.json"),
+        serde_json::to_vec_pretty(&meta).unwrap(),
+    )
+    .unwrap();
     println!("{meta}");
 }
 

@@ -10,7 +10,9 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use cliplabel::clip::engine::{Engine, Features};
-use cliplabel::eval::audit::{report::write_report, run_audit, AuditOptions, AuditResult};
+use cliplabel::eval::audit::{
+    report::write_report, run_audit, AuditOptions, AuditResult, AuditSources,
+};
 use cliplabel::eval::dataset::LabelledSet;
 use cliplabel::jobs::cache::EmbeddingCache;
 use image::codecs::jpeg::JpegEncoder;
@@ -218,10 +220,12 @@ fn audit(s: &Setup) -> AuditResult {
     run_audit(
         &engine,
         &mut cache,
-        &s.train,
-        Some(&s.test),
-        None,
-        64,
+        AuditSources {
+            train: &s.train,
+            test: Some(&s.test),
+            zero_shot: None,
+            batch_size: 64,
+        },
         &AuditOptions::default(),
         |_| {},
     )

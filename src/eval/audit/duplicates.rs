@@ -154,6 +154,9 @@ impl Slab {
     }
 }
 
+/// What the scan of one query row finds: its pairs above the threshold and its `k` best.
+type RowFinds = (Vec<Pair>, Vec<(usize, f32)>);
+
 /// Inserts `(j, s)` into `top` (at most `k`, best first, ties by row) if it belongs there.
 fn push_top(top: &mut Vec<(usize, f32)>, k: usize, j: usize, s: f32) {
     let better = |a: (usize, f32), b: (usize, f32)| a.1 > b.1 || (a.1 == b.1 && a.0 < b.0);
@@ -217,7 +220,7 @@ fn neighbours_with(
     while start < n {
         let m = block_rows.min(n - start);
         slab.fill(&x[start * d..(start + m) * d], m, d, &mut buf, n)?;
-        let rows: Vec<(Vec<Pair>, Vec<(usize, f32)>)> = buf[..m * n]
+        let rows: Vec<RowFinds> = buf[..m * n]
             .par_chunks(n)
             .enumerate()
             .map(|(r, sims)| {
@@ -313,12 +316,9 @@ mod tests {
         x
     }
 
-    fn brute(
-        x: &[f32],
-        d: usize,
-        thr: f64,
-        k: usize,
-    ) -> (Vec<(usize, usize)>, Vec<Vec<(usize, f64)>>) {
+    type Brute = (Vec<(usize, usize)>, Vec<Vec<(usize, f64)>>);
+
+    fn brute(x: &[f32], d: usize, thr: f64, k: usize) -> Brute {
         let n = x.len() / d;
         let cos = |i: usize, j: usize| -> f64 {
             (0..d)

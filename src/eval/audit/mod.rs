@@ -414,7 +414,7 @@ pub fn audit_embeddings(
             }
         }
     }
-    leakage.sort_by(|x, y| (x.train, x.test).cmp(&(y.train, y.test)));
+    leakage.sort_by_key(|x| (x.train, x.test));
 
     // 4. Outliers among the train rows.
     let cents = outliers::centroids(&all[..n_train * dim], dim, &train.labels, k);
@@ -487,20 +487,35 @@ fn embed_split(
     Ok(out)
 }
 
-/// Audits a labelled set (and optionally a test set) with `engine`, getting embeddings
-/// through `cache` as `fit` and `compare` do. With `zero_shot` (built for `train.classes`),
-/// its probabilities are blended into the head's with `opts.zero_shot_weight`. Every image
-/// ends in the result or in its `failures`.
+/// What [`run_audit`] audits.
+#[derive(Clone, Copy)]
+pub struct AuditSources<'a> {
+    /// The labelled set.
+    pub train: &'a LabelledSet,
+    /// A held-out set to check for leakage (its labels are not used).
+    pub test: Option<&'a LabelledSet>,
+    /// A zero-shot classifier for `train.classes`, whose probabilities are blended into the
+    /// head's with [`AuditOptions::zero_shot_weight`].
+    pub zero_shot: Option<&'a ZeroShotClassifier>,
+    /// Images per batch of the encoder.
+    pub batch_size: usize,
+}
+
+/// Audits `src.train` (and `src.test`) with `engine`, getting embeddings through `cache` as
+/// `fit` and `compare` do. Every image ends in the result or in its `failures`.
 pub fn run_audit(
     engine: &Engine,
     cache: &mut EmbeddingCache,
-    train: &LabelledSet,
-    test: Option<&LabelledSet>,
-    zero_shot: Option<&ZeroShotClassifier>,
-    batch_size: usize,
+    src: AuditSources<'_>,
     opts: &AuditOptions,
     mut progress: impl FnMut(AuditProgress),
 ) -> crate::Result<AuditResult> {
+    let AuditSources {
+        train,
+        test,
+        zero_shot,
+        batch_size,
+    } = src;
     progress(AuditProgress::Embedding);
     let mut failures = Vec::new();
     let tr = embed_split(

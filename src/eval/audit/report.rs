@@ -215,7 +215,7 @@ pub fn write_report(dir: &Path, r: &AuditResult) -> Result<AuditSummary> {
         .iter()
         .map(|q| (group_of[q.a], q.a, q.b, q.cosine))
         .collect();
-    pair_rows.sort_by(|x, y| (x.0, x.1, x.2).cmp(&(y.0, y.1, y.2)));
+    pair_rows.sort_by_key(|x| (x.0, x.1, x.2));
     put(
         "near_duplicates.csv",
         &["group", "path_a", "path_b", "split_a", "split_b", "cosine"],
