@@ -183,6 +183,8 @@ pub struct AuditResult {
     pub cv_log_loss: f64,
     /// Out-of-fold probabilities used (`n_train * classes`, after any zero-shot blend).
     pub probs: Vec<f32>,
+    /// Whether zero-shot probabilities were blended in.
+    pub zero_shot_blended: bool,
     /// Confident learning on them.
     pub mislabels: ConfidentLearning,
     /// Groups of byte-identical files.
@@ -436,6 +438,7 @@ pub fn audit_embeddings(
         cv_accuracy,
         cv_log_loss,
         probs,
+        zero_shot_blended: zero_shot.is_some() && opts.zero_shot_weight > 0.0,
         mislabels,
         exact_groups,
         near_pairs: nb.pairs,
@@ -567,4 +570,113 @@ pub fn run_audit(
     )?;
     r.failures = failures;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three tight clusters (one per class) of 12 points in 8 dimensions, a test set with one
+    /// byte-identical copy of train row 4 (a little moved in embedding space) and one distinct
+    /// point, and train row 7 labelled with the wrong class.
+    fn synthetic() -> (Vec<String>, AuditSet, AuditSet) {
+        let d = 8;
+        let mut train = AuditSet::default();
+        let mut s = 5u64;
+        let mut noise = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 0.2
+        };
+        for i in 0..36 {
+            let c = i % 3;
+            let mut row = vec![0f32; d];
+            row[c] = 1.0;
+            for v in row.iter_mut() {
+                *v += noise();
+            }
+            train.paths.push(PathBuf::from(format!("train/{i}.png")));
+            train.embeddings.extend(row);
+            train.labels.push(if i == 7 { (c + 1) % 3 } else { c });
+            train.digests.push(Some([i as u8; 32]));
+        }
+        let mut test = AuditSet::default();
+        let mut copy = train.embeddings[4 * d..5 * d].to_vec();
+        copy[7] += 0.01;
+        test.embeddings.extend(copy);
+        test.paths.push(PathBuf::from("test/copy.png"));
+        test.digests.push(Some([4u8; 32]));
+        let mut other = vec![0f32; d];
+        other[5] = 1.0;
+        test.embeddings.extend(other);
+        test.paths.push(PathBuf::from("test/other.png"));
+        test.digests.push(Some([200u8; 32]));
+        let classes = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        (classes, train, test)
+    }
+
+    #[test]
+    fn synthetic_audit_finds_the_flip_and_the_leak() {
+        let (classes, train, test) = synthetic();
+        let opts = AuditOptions {
+            folds: 3,
+            duplicate_threshold: 0.999,
+            ..AuditOptions::default()
+        };
+        let mut stages = Vec::new();
+        let r = audit_embeddings(&classes, 8, &train, Some(&test), None, &opts, |p| {
+            stages.push(p)
+        })
+        .unwrap();
+        assert_eq!(stages[0], AuditProgress::CrossValidating);
+        assert_eq!(
+            stages.last(),
+            Some(&AuditProgress::Summarising),
+            "{stages:?}"
+        );
+        let flagged: Vec<usize> = r.mislabels.issues.iter().map(|i| i.index).collect();
+        assert_eq!(flagged, vec![7]);
+        assert_eq!(r.mislabels.issues[0].suggested, 7 % 3);
+        assert_eq!(r.exact_groups, vec![vec![4, 36]]);
+        assert_eq!(r.leakage.len(), 1);
+        assert_eq!((r.leakage[0].train, r.leakage[0].test), (4, 36));
+        assert!(r.leakage[0].exact);
+        assert_eq!(r.splits[36], Split::Test);
+        assert!(!r.zero_shot_blended);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_panics() {
+        let (classes, train, test) = synthetic();
+        let opts = AuditOptions::default();
+        let zs = vec![0.5f32; 10];
+        assert!(matches!(
+            audit_embeddings(&classes, 8, &train, Some(&test), Some(&zs), &opts, |_| {}),
+            Err(AuditError::Shape { .. })
+        ));
+        let bad = AuditOptions {
+            zero_shot_weight: 1.5,
+            ..AuditOptions::default()
+        };
+        assert!(matches!(
+            audit_embeddings(&classes, 8, &train, None, None, &bad, |_| {}),
+            Err(AuditError::BadOption {
+                option: "zero_shot_weight",
+                ..
+            })
+        ));
+        let mut short = train.clone();
+        short.embeddings.pop();
+        assert!(matches!(
+            audit_embeddings(&classes, 8, &short, None, None, &opts, |_| {}),
+            Err(AuditError::Shape { .. })
+        ));
+        let mut nan = train.clone();
+        nan.embeddings[9] = f32::NAN;
+        assert!(matches!(
+            audit_embeddings(&classes, 8, &nan, None, None, &opts, |_| {}),
+            Err(AuditError::NonFinite { row: 1, .. })
+        ));
+    }
 }

@@ -334,8 +334,8 @@ fn markdown(dir: &Path, r: &AuditResult, s: &AuditSummary) -> String {
         r.cv_c,
         r.cv_log_loss,
         r.cv_accuracy * 100.0,
-        if r.options.zero_shot_weight > 0.0 && r.probs.len() == r.n_train * r.classes.len() {
-            format!(", zero-shot weight {} where zero-shot was given", o.zero_shot_weight)
+        if r.zero_shot_blended {
+            format!(", blended with zero-shot at weight {}", o.zero_shot_weight)
         } else {
             String::new()
         },
