@@ -173,10 +173,7 @@ fn read_lines(path: &PathBuf) -> anyhow::Result<Vec<String>> {
 fn bench_images(engine: &Engine, a: &Args, threads: usize) -> anyhow::Result<serde_json::Value> {
     let size = engine.model.config.vision.image_size;
     // The CLIP mean/std (the values do not affect speed; they keep the inputs realistic).
-    let (mean, std) = (
-        cliplabel::clip::config::CLIP_MEAN,
-        cliplabel::clip::config::CLIP_STD,
-    );
+    let (mean, std) = (cliplabel::clip::config::CLIP_MEAN, cliplabel::clip::config::CLIP_STD);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let batch: Vec<Pixels> = (0..a.batch.max(1))
         .map(|_| {

@@ -10,11 +10,11 @@ use cliplabel::clip::engine::{embed_images, Engine, Features};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use cliplabel::classify::classes::{ClassList, Templates};
-use cliplabel::classify::zeroshot::{Abstention, ZeroShotClassifier};
 use cliplabel::jobs::label::{run_job, JobOptions, RunInfo, Summary};
 use cliplabel::jobs::organize::LinkMode;
 use cliplabel::util::atomic::{write_embeddings, EmbeddingsSidecar, Failure};
+use cliplabel::classify::classes::{ClassList, Templates};
+use cliplabel::classify::zeroshot::{Abstention, ZeroShotClassifier};
 
 #[derive(Parser)]
 #[command(name = "cliplabel", version, about = "Label images with CLIP: zero-shot from text prompts, or with a linear head trained on a few examples.", long_about = None)]

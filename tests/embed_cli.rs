@@ -5,10 +5,10 @@ mod common;
 use std::path::Path;
 
 use candle_core::Device;
-use cliplabel::classify::classes::{ClassList, Templates};
-use cliplabel::classify::zeroshot::ZeroShotClassifier;
 use cliplabel::clip::engine::Engine;
 use cliplabel::util::atomic::read_embeddings;
+use cliplabel::classify::classes::{ClassList, Templates};
+use cliplabel::classify::zeroshot::ZeroShotClassifier;
 use common::*;
 
 fn embed(tmp: &Path, extra: &[&str]) -> std::process::Output {

@@ -5,7 +5,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::classify::zeroshot::{normalize_in_place, Scores, ZeroShotClassifier};
 use crate::clip::engine::{Engine, Features};
 use crate::error::{Error, Result};
 use crate::jobs::label::Scorer;
@@ -14,6 +13,7 @@ use crate::linear_head::{
     LinearHead, Matrix,
 };
 use crate::util::atomic::{f32_to_le_bytes, write_atomic, SafetensorsFile};
+use crate::classify::zeroshot::{normalize_in_place, Scores, ZeroShotClassifier};
 
 /// How a head is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

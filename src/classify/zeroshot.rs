@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::classify::classes::{ClassList, Templates};
 use crate::clip::engine::{fnv1a, Engine, FNV_START};
 use crate::error::{Error, Result};
 use crate::util::atomic::{f32_to_le_bytes, write_atomic, SafetensorsFile};
+use crate::classify::classes::{ClassList, Templates};
 
 /// A class-by-dimension matrix of normalised text embeddings, with the model's logit scale.
 #[derive(Debug, Clone, PartialEq)]

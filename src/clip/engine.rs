@@ -8,10 +8,10 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::clip::config::{ClipConfig, ModelFiles, PreprocessConfig};
-use crate::clip::model::{Checkpoint, ClipModel};
-use crate::clip::tokenizer::ClipTokenizer;
 use crate::error::{Error, Result};
+use crate::clip::model::{Checkpoint, ClipModel};
 use crate::images::preprocess::{self, Pixels, DEFAULT_MAX_PIXELS};
+use crate::clip::tokenizer::ClipTokenizer;
 
 /// Which features to take from a tower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -172,12 +172,7 @@ impl Engine {
             &config.text,
         )?;
         let ckpt = Checkpoint::open(&files.weights)?;
-        let model = ClipModel::load_with(
-            config,
-            &ckpt,
-            device,
-            crate::clip::model::Kernels::from_env(),
-        )?;
+        let model = ClipModel::load_with(config, &ckpt, device, crate::clip::model::Kernels::from_env())?;
         Ok(Engine {
             model,
             tokenizer,

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear};
 
-use crate::clip::config::{Activation, ClipConfig, TowerConfig};
 use crate::clip::kernels::attention::{FusedAttention, Queries};
-use crate::clip::kernels::gemm::{self, Epilogue, PackedWeight};
+use crate::clip::config::{Activation, ClipConfig, TowerConfig};
 use crate::error::{Error, Result};
+use crate::clip::kernels::gemm::{self, Epilogue, PackedWeight};
 
 /// Which matrix multiply the model's linear layers use on the CPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

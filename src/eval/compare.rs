@@ -1,15 +1,15 @@
 //! `compare`: zero-shot prompts against linear heads trained on k labelled images per class,
 //! and the two combined, evaluated on the user's own test set.
 
-use crate::classify::classes::{ClassList, Templates};
-use crate::classify::head::{train, Method, TrainOptions};
-use crate::classify::zeroshot::{normalize_in_place, ZeroShotClassifier};
+use crate::eval::dataset::LabelledSet;
 use crate::clip::engine::Engine;
 use crate::error::{Error, Result};
-use crate::eval::dataset::LabelledSet;
 use crate::eval::metrics::{evaluate, Metrics};
-use crate::eval::report::{CompareResults, MethodRun};
+use crate::classify::head::{train, Method, TrainOptions};
 use crate::linear_head::Matrix;
+use crate::classify::classes::{ClassList, Templates};
+use crate::eval::report::{CompareResults, MethodRun};
+use crate::classify::zeroshot::{normalize_in_place, ZeroShotClassifier};
 
 /// Settings of a comparison.
 #[derive(Debug, Clone)]

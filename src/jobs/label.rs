@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::classify::zeroshot::{top_k, Abstention, Scores, ZeroShotClassifier};
+use crate::jobs::cache::EmbeddingCache;
 use crate::clip::engine::{embed_images, Engine, Features};
 use crate::error::{Error, Result};
-use crate::jobs::cache::EmbeddingCache;
-use crate::jobs::organize::{place, LinkMode};
 use crate::jobs::writers::{FailedWriter, LabelRow, LabelWriter, UNKNOWN};
+use crate::jobs::organize::{place, LinkMode};
 use crate::util::atomic::{write_atomic, Failure};
+use crate::classify::zeroshot::{top_k, Abstention, Scores, ZeroShotClassifier};
 
 /// Anything that turns image embeddings into class probabilities.
 pub trait Scorer: Sync {

@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::classify::classes::safe_dir_name;
 use crate::clip::engine::{fnv1a, FNV_START};
 use crate::error::{Error, Result};
+use crate::classify::classes::safe_dir_name;
 
 /// How an image is placed into its label folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -18,12 +18,12 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::jobs::cluster::shard::{
-    inputs_digest, manifest_path, parse_output_name, read_manifest, shard_key, Shard, ShardManifest,
-};
 use crate::jobs::label::{run_info_path, RunInfo};
 use crate::jobs::writers::{failed_path, Format};
 use crate::util::atomic::{read_embeddings, sidecar_path, write_atomic, write_embeddings, Failure};
+use crate::jobs::cluster::shard::{
+    inputs_digest, manifest_path, parse_output_name, read_manifest, shard_key, Shard, ShardManifest,
+};
 
 /// Options of [`merge`].
 #[derive(Debug, Clone, Default)]
@@ -722,8 +722,8 @@ fn merge_embeddings(out: &Path, data: &[ShardData]) -> Result<MergeReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::cluster::shard::ShardPlan;
     use crate::jobs::writers::{LabelRow, LabelWriter};
+    use crate::jobs::cluster::shard::ShardPlan;
 
     fn row(p: &str) -> LabelRow {
         LabelRow {
