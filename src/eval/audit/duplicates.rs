@@ -138,12 +138,15 @@ impl Slab {
         m: usize,
         d: usize,
         out: &mut Vec<f32>,
-        n: usize,
     ) -> Result<(), AuditError> {
         match self {
             Slab::Packed(w) => {
-                out.resize(m * n, 0.0);
-                w.matmul(block, m, &mut out[..m * n]);
+                // The packed kernel runs as a candle op (its direct slice entry is test-only).
+                let q = candle_core::Tensor::from_slice(block, (m, d), &candle_core::Device::Cpu)?;
+                *out = q
+                    .apply_op1_no_bwd(&w.op(gemm::Epilogue::None))?
+                    .flatten_all()?
+                    .to_vec1()?;
             }
             Slab::Candle(xt) => {
                 let q = candle_core::Tensor::from_slice(block, (m, d), &candle_core::Device::Cpu)?;
@@ -219,7 +222,7 @@ fn neighbours_with(
     let mut start = 0;
     while start < n {
         let m = block_rows.min(n - start);
-        slab.fill(&x[start * d..(start + m) * d], m, d, &mut buf, n)?;
+        slab.fill(&x[start * d..(start + m) * d], m, d, &mut buf)?;
         let rows: Vec<RowFinds> = buf[..m * n]
             .par_chunks(n)
             .enumerate()

@@ -27,8 +27,8 @@ use crate::classify::zeroshot::ZeroShotClassifier;
 use crate::clip::engine::Engine;
 use crate::eval::dataset::LabelledSet;
 use crate::jobs::cache::EmbeddingCache;
+use crate::jobs::writers::Failure;
 use crate::linear_head::{self, CvOptions, HeadError, Matrix};
-use crate::util::atomic::Failure;
 
 pub use duplicates::{Neighbours, Pair, UnionFind};
 pub use mislabels::{ConfidentLearning, LabelIssue, RankBy};
@@ -245,9 +245,7 @@ fn check_set(set: &AuditSet, dim: usize, what: &str) -> Result<(), AuditError> {
 
 fn normalised(v: &[f32], dim: usize) -> Vec<f32> {
     let mut out = v.to_vec();
-    for r in out.chunks_mut(dim) {
-        crate::classify::zeroshot::normalize_in_place(r);
-    }
+    crate::util::math::l2_normalize_rows(&mut out, dim);
     out
 }
 
@@ -502,6 +500,25 @@ pub struct AuditSources<'a> {
     pub zero_shot: Option<&'a ZeroShotClassifier>,
     /// Images per batch of the encoder.
     pub batch_size: usize,
+}
+
+/// Reads a held-out set for the leakage check: the ImageFolder layout (`DIR/<class>/<image>`)
+/// or a plain folder of images (walked recursively), since leakage uses no test labels. A plain
+/// folder's images all get class 0 of the single class `unlabelled`.
+pub fn load_test_set(dir: &std::path::Path) -> crate::Result<LabelledSet> {
+    let has_class_dirs = std::fs::read_dir(dir)
+        .map_err(|e| crate::Error::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .any(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'));
+    if has_class_dirs {
+        return LabelledSet::from_image_folder(dir);
+    }
+    let paths = crate::images::inputs::collect_images(&[dir.to_path_buf()])?;
+    Ok(LabelledSet {
+        classes: vec!["unlabelled".into()],
+        labels: vec![0; paths.len()],
+        paths,
+    })
 }
 
 /// Audits `src.train` (and `src.test`) with `engine`, getting embeddings through `cache` as

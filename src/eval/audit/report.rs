@@ -137,7 +137,7 @@ pub fn write_report(dir: &Path, r: &AuditResult) -> Result<AuditSummary> {
     let mut put = |name: &str, header: &[&str], rows: Vec<Vec<String>>| -> Result<()> {
         let path = dir.join(name);
         let bytes = csv_bytes(header, rows, &path)?;
-        write_atomic(&path, &bytes)?;
+        write_atomic(&path, &bytes).map_err(|e| Error::io(&path, e))?;
         files.push(path);
         Ok(())
     };
@@ -279,7 +279,7 @@ pub fn write_report(dir: &Path, r: &AuditResult) -> Result<AuditSummary> {
     let mut summary = r.summary();
     let md_path = dir.join("report.md");
     let md = markdown(dir, r, &summary);
-    write_atomic(&md_path, md.as_bytes())?;
+    write_atomic(&md_path, md.as_bytes()).map_err(|e| Error::io(&md_path, e))?;
     files.push(md_path);
     summary.files = files;
     Ok(summary)
