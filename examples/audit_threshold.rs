@@ -11,7 +11,7 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use cliplabel::clip::engine::{Engine, Features};
+use cliplabel::clip::engine::{Engine, EngineOptions, Features};
 use cliplabel::eval::dataset::LabelledSet;
 use cliplabel::jobs::cache::EmbeddingCache;
 use image::codecs::jpeg::JpegEncoder;
@@ -105,7 +105,7 @@ fn main() {
     let model = &args[1];
     let data = Path::new(&args[2]);
     let n_copy: usize = args[3].parse().unwrap();
-    let engine = Engine::load(model, &candle_core::Device::Cpu).unwrap();
+    let engine = Engine::try_new(EngineOptions::new(model.to_string())).unwrap();
     let set = LabelledSet::from_image_folder(data).unwrap();
     let mut cache = EmbeddingCache::open(None, &engine, Features::Projected).unwrap();
     let e = cache.embed(&engine, &set.paths, 64).unwrap();

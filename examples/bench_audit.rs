@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use cliplabel::clip::engine::{Engine, Features};
+use cliplabel::clip::engine::{Engine, EngineOptions, Features};
 use cliplabel::eval::audit::{
     duplicates, mislabels, run_audit, AuditOptions, AuditSources, RankBy,
 };
@@ -84,7 +84,7 @@ fn knn(n: usize, d: usize) {
         opts.duplicate_threshold,
         opts.block_rows,
         rayon::current_num_threads(),
-        cliplabel::clip::kernels::gemm::available(),
+        avx512(),
         nb.pairs.len(),
         peak_rss_mib(),
         (n * d * 4) as f64 / (1 << 20) as f64
@@ -92,7 +92,7 @@ fn knn(n: usize, d: usize) {
 }
 
 fn mislabels_cmd(model: &str, dir: &Path, flip: f64, seed: u64, out: &Path) {
-    let engine = Engine::load(model, &candle_core::Device::Cpu).unwrap();
+    let engine = Engine::try_new(EngineOptions::new(model.to_string())).unwrap();
     let mut set = LabelledSet::from_image_folder(dir).unwrap();
     let truth = set.labels.clone();
     let k = set.classes.len();
@@ -185,5 +185,17 @@ fn main() {
             eprintln!("usage: bench_audit knn [N] [DIM] | bench_audit mislabels MODEL DIR FLIP SEED OUTDIR");
             std::process::exit(2);
         }
+    }
+}
+
+/// Whether the CPU has the AVX-512 features the packed kernel needs (it is used when so).
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }

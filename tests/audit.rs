@@ -3,13 +3,16 @@
 //! train and test as leakage, and clean images are rarely flagged.
 //!
 //! To stay well under a minute in release, the set has 12 of the demo's 48 classes (40 images
-//! each), all combinations the model saw in training. Library calls; the CLI comes later.
+//! each), all combinations the model saw in training. The same set is audited through the library
+//! and through `cliplabel audit`; the CLI's files must equal the library's byte for byte, so the
+//! figures asserted on the library's result hold for the command. A second, small test runs the
+//! command with an unreadable image and a plain-folder `--test`.
 
 use std::collections::HashSet;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use cliplabel::clip::engine::{Engine, Features};
+use cliplabel::clip::engine::{Engine, EngineOptions, Features};
 use cliplabel::eval::audit::{
     report::write_report, run_audit, AuditOptions, AuditResult, AuditSources,
 };
@@ -23,6 +26,14 @@ const CLASSES: &str = "red circle\ngreen square\nblue triangle\nyellow star\npur
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn model() -> String {
+    repo()
+        .join("models/shapes-clip")
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 fn shapes_bin() -> PathBuf {
@@ -103,7 +114,7 @@ fn setup() -> Setup {
     generate(&dir.join("train"), &classes, 40, 4242);
     generate(&dir.join("test"), &classes, 5, 4243);
     let mut train = LabelledSet::from_image_folder(&dir.join("train")).unwrap();
-    let mut test = LabelledSet::from_image_folder(&dir.join("test")).unwrap();
+    let test = LabelledSet::from_image_folder(&dir.join("test")).unwrap();
     assert_eq!(train.classes.len(), 12);
     assert_eq!(train.paths.len(), 480);
 
@@ -182,9 +193,8 @@ fn setup() -> Setup {
         planted_outliers.push(p);
     }
 
-    // Copies placed in the test set: leakage.
-    let leak_dir = dir.join("leaks");
-    std::fs::create_dir_all(&leak_dir).unwrap();
+    // Copies placed in the test set (inside its first class folder): leakage.
+    let leak_dir = dir.join("test").join(&test.classes[0]);
     let mut leaks = Vec::new();
     for (c, &i) in clean.iter().skip(11).step_by(53).take(6).enumerate() {
         let src = train.paths[i].clone();
@@ -194,10 +204,20 @@ fn setup() -> Setup {
             if q.is_some() { "jpg" } else { "png" }
         ));
         edited_copy(&src, &dst, scale, q);
-        test.paths.push(dst.clone());
-        test.labels.push(train.labels[i]);
         leaks.push((src, dst));
     }
+    let test = LabelledSet::from_image_folder(&dir.join("test")).unwrap();
+
+    // The train set as the CLI reads it: a `path,label` CSV (flipped labels included).
+    let csv = dir.join("train.csv");
+    let mut w = csv::Writer::from_path(&csv).unwrap();
+    w.write_record(["path", "label"]).unwrap();
+    for (p, &l) in train.paths.iter().zip(&train.labels) {
+        w.write_record([p.to_str().unwrap(), &train.classes[l]])
+            .unwrap();
+    }
+    w.flush().unwrap();
+    let train = LabelledSet::from_csv(&csv).unwrap();
     Setup {
         _tmp: tmp,
         train,
@@ -211,11 +231,7 @@ fn setup() -> Setup {
 }
 
 fn audit(s: &Setup) -> AuditResult {
-    let engine = Engine::load(
-        repo().join("models/shapes-clip").to_str().unwrap(),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
+    let engine = Engine::try_new(EngineOptions::new(model())).unwrap();
     let mut cache = EmbeddingCache::open(None, &engine, Features::Projected).unwrap();
     run_audit(
         &engine,
@@ -378,18 +394,61 @@ fn audit_finds_flips_copies_and_leakage() {
         "{clean_outliers} clean outliers"
     );
 
-    // Report: files written, deterministic bytes.
+    // Report: the library's files, then `cliplabel audit` on the same inputs (a second run:
+    // the bytes must also be deterministic).
     let out1 = s.dir.join("audit1");
     let out2 = s.dir.join("audit2");
     let sum1 = write_report(&out1, &r).unwrap();
-    let r2 = audit(&s);
-    let sum2 = write_report(&out2, &r2).unwrap();
-    assert_eq!(sum1.files.len(), sum2.files.len());
-    for (f1, f2) in sum1.files.iter().zip(&sum2.files) {
-        let (b1, b2) = (std::fs::read(f1).unwrap(), std::fs::read(f2).unwrap());
+    let start = std::time::Instant::now();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cliplabel"))
+        .args([
+            "audit",
+            "--model",
+            &model(),
+            "--no-cache",
+            "--batch-size",
+            "64",
+        ])
+        .arg("--data-csv")
+        .arg(s.dir.join("train.csv"))
+        .arg("--test")
+        .arg(s.dir.join("test"))
+        .arg("--out")
+        .arg(&out2)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    println!(
+        "cliplabel audit in {:.1} s:\n{stderr}",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!(
+        "audited {} train + {} test images of {} (0 failed)",
+        s.train.paths.len(),
+        s.test.paths.len(),
+        s.train.paths.len() + s.test.paths.len()
+    )));
+    assert!(stderr.contains(&format!(
+        "likely mislabels {}, exact-duplicate groups {}, near-duplicate pairs {} ({} groups), train/test leaks {}, outliers {}",
+        r.mislabels.issues.len(),
+        r.exact_groups.len(),
+        r.near_pairs.len(),
+        r.near_groups.len(),
+        r.leakage.len(),
+        r.outliers.len()
+    )));
+    for f1 in &sum1.files {
+        let f2 = out2.join(f1.file_name().unwrap());
+        let (b1, b2) = (std::fs::read(f1).unwrap(), std::fs::read(&f2).unwrap());
         let t1 = String::from_utf8(b1).unwrap().replace("audit1", "auditN");
         let t2 = String::from_utf8(b2).unwrap().replace("audit2", "auditN");
-        assert_eq!(t1, t2, "{} differs between runs", f1.display());
+        assert_eq!(
+            t1,
+            t2,
+            "{} differs between the library and the CLI",
+            f1.display()
+        );
     }
     let csv = std::fs::read_to_string(out1.join("mislabels.csv")).unwrap();
     assert!(csv.starts_with("path,given,suggested,score\n"));
@@ -401,4 +460,79 @@ fn audit_finds_flips_copies_and_leakage() {
         md.contains("<img src=\"../"),
         "thumbnails link relative to the report"
     );
+}
+
+/// `cliplabel audit` with an unreadable image in a class folder and a plain folder (no class
+/// sub-folders) as `--test` holding a byte-identical copy of a training image: the image is
+/// listed in failures.csv and counted, the copy is reported as leakage, every file is written.
+#[test]
+fn audit_cli_lists_failures_and_takes_a_plain_test_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let classes = dir.join("classes.txt");
+    std::fs::write(
+        &classes,
+        "red circle\ngreen square\nblue triangle\nyellow star\n",
+    )
+    .unwrap();
+    generate(&dir.join("train"), &classes, 10, 77);
+    let broken = dir.join("train/red circle/broken.png");
+    std::fs::write(&broken, b"not a png").unwrap();
+    let set = LabelledSet::from_image_folder(&dir.join("train")).unwrap();
+    let original = set.paths.iter().find(|p| **p != broken).unwrap().clone();
+    let plain = dir.join("heldout");
+    std::fs::create_dir_all(&plain).unwrap();
+    let copy = plain.join(format!(
+        "copy.{}",
+        original.extension().unwrap().to_string_lossy()
+    ));
+    std::fs::copy(&original, &copy).unwrap();
+    let out = dir.join("audit");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cliplabel"))
+        .args(["audit", "--model", &model(), "--no-cache", "--folds", "3"])
+        .args([
+            "--duplicate-threshold",
+            "0.999",
+            "--rank-by",
+            "normalized-margin",
+        ])
+        .arg("--data")
+        .arg(dir.join("train"))
+        .arg("--test")
+        .arg(&plain)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("audited 40 train + 1 test images of 42 (1 failed)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("train/test leaks 1,"), "{stderr}");
+    assert!(stderr.contains("failures listed in"), "{stderr}");
+    for f in [
+        "report.md",
+        "leakage.csv",
+        "mislabels.csv",
+        "noise.csv",
+        "exact_duplicates.csv",
+        "near_duplicates.csv",
+        "outliers.csv",
+        "failures.csv",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let failures = std::fs::read_to_string(out.join("failures.csv")).unwrap();
+    let rows: Vec<&str> = failures.lines().collect();
+    assert_eq!(rows.len(), 2, "{failures}");
+    assert!(rows[1].contains("broken.png"), "{failures}");
+    let leakage = std::fs::read_to_string(out.join("leakage.csv")).unwrap();
+    assert_eq!(leakage.lines().count(), 2, "{leakage}");
+    assert!(leakage.contains("copy."), "{leakage}");
+    assert!(leakage.contains(original.file_name().unwrap().to_str().unwrap()));
+    let mislabels = std::fs::read_to_string(out.join("mislabels.csv")).unwrap();
+    assert!(mislabels.starts_with("path,given,suggested,score\n"));
+    assert!(!mislabels.contains("broken.png"));
 }
