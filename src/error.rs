@@ -92,6 +92,10 @@ pub enum Error {
     #[error(transparent)]
     Report(#[from] crate::eval::report::ReportError),
 
+    /// A dataset audit could not run.
+    #[error(transparent)]
+    Audit(#[from] crate::eval::audit::AuditError),
+
     /// An output file exists or cannot be written safely.
     #[error("{path}: {message}")]
     Output { path: PathBuf, message: String },

@@ -43,6 +43,10 @@ enum Command {
     Predict(PredictArgs),
     /// Compare zero-shot prompts with heads trained on k images per class, on a labelled test set.
     Compare(CompareArgs),
+    /// Audit a labelled set: likely mislabels, exact and near-duplicates, train/test leakage and
+    /// outliers, written to OUT/report.md and one CSV per finding.
+    #[command(long_about = AUDIT_ABOUT)]
+    Audit(AuditArgs),
     /// Compute CLIP embeddings of images or prompts into a safetensors file (+ JSON sidecar).
     Embed(EmbedArgs),
     /// Merge a sharded run's outputs (OUT.shard-I-of-N.*) into OUT, checking that every image
@@ -759,6 +763,200 @@ fn run_compare(a: CompareArgs, env: &Env) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+const AUDIT_ABOUT: &str = "Audit a labelled set from its CLIP embeddings (cached as for fit and \
+compare). Writes, into --out: report.md (counts, then the top findings with thumbnails linked \
+relative to the report; leakage first), leakage.csv, mislabels.csv, noise.csv, \
+exact_duplicates.csv, near_duplicates.csv, outliers.csv and failures.csv (images that could not \
+be read, with the reason; they are counted in the summary and left out of every finding).\n\n\
+Mislabels: confident learning on 5-fold out-of-fold probabilities of a linear head (blended \
+half and half with zero-shot probabilities when --templates or --classes is given). \
+Near-duplicates: pairs of images whose embeddings have cosine >= --duplicate-threshold. \
+Leakage: near or byte-identical copies between --data and --test. Outliers: far from every \
+class centroid and from their nearest neighbours. See README \"Auditing a dataset\".";
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RankByArg {
+    /// p[given], the probability of the given label.
+    SelfConfidence,
+    /// (p[given] - max other p + 1) / 2.
+    NormalizedMargin,
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The labelled set in the ImageFolder layout: DIR/<class>/<image>.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "data_csv",
+        conflicts_with = "data_csv"
+    )]
+    data: Option<PathBuf>,
+    /// The labelled set as a CSV with `path` and `label` columns (paths relative to the CSV).
+    #[arg(long, value_name = "FILE")]
+    data_csv: Option<PathBuf>,
+    /// A held-out set to check for leakage (copies of training images): ImageFolder layout or a
+    /// plain folder of images (its labels are not used).
+    #[arg(long, value_name = "DIR")]
+    test: Option<PathBuf>,
+    /// Blend zero-shot probabilities into the mislabel search, with this class list (one class
+    /// per line, `name: synonym | synonym`; the names must be the set's class names).
+    #[arg(long, value_name = "FILE")]
+    classes: Option<PathBuf>,
+    #[command(flatten)]
+    templates: TemplateArgs,
+    /// Output directory (created; existing files of the same names are replaced).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    out: PathBuf,
+    /// Cosine at or above which two images are near-duplicates (and a train/test pair leaks).
+    #[arg(long, default_value_t = cliplabel::eval::audit::DEFAULT_DUPLICATE_THRESHOLD, value_name = "COS")]
+    duplicate_threshold: f32,
+    /// How likely mislabels are ranked (the `score` column; lower is more suspicious).
+    #[arg(long, value_enum, default_value_t = RankByArg::SelfConfidence)]
+    rank_by: RankByArg,
+    /// Cross-validation folds for the out-of-fold probabilities.
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    folds: usize,
+    /// Seed of the fold assignment.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// No progress or summary.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+fn run_audit_cmd(a: AuditArgs, env: &Env) -> anyhow::Result<ExitCode> {
+    use cliplabel::eval::audit::{
+        load_test_set, report::write_report as write_audit_report, run_audit, AuditOptions,
+        AuditProgress, AuditSources, RankBy,
+    };
+    use cliplabel::jobs::cache::EmbeddingCache;
+    use cliplabel::ZeroShotClassifier;
+
+    if !(a.duplicate_threshold > 0.0 && a.duplicate_threshold <= 1.0) {
+        anyhow::bail!("--duplicate-threshold must be in (0, 1]");
+    }
+    if a.folds < 2 {
+        anyhow::bail!("--folds must be at least 2");
+    }
+    let mut train = match (&a.data, &a.data_csv) {
+        (Some(d), _) => LabelledSet::from_image_folder(d)?,
+        (None, Some(f)) => LabelledSet::from_csv(f)?,
+        (None, None) => anyhow::bail!("give --data DIR or --data-csv FILE"),
+    };
+    let test = a.test.as_deref().map(load_test_set).transpose()?;
+    let engine = a.model.engine(env)?;
+    let want_zero_shot =
+        a.classes.is_some() || a.templates.templates.is_some() || !a.templates.template.is_empty();
+    let zero_shot = if want_zero_shot {
+        let classes = match &a.classes {
+            Some(f) => {
+                let list = ClassList::from_file(f)?;
+                let names: Vec<String> = list.names().iter().map(|s| s.to_string()).collect();
+                // The zero-shot columns follow the class file; re-index the set to match.
+                train.labels = train.align_to(&names, "the data set")?;
+                train.classes = names;
+                list
+            }
+            None => ClassList::from_names(&train.classes)?,
+        };
+        Some(ZeroShotClassifier::build(
+            &engine,
+            &classes,
+            &a.templates.resolve()?.0,
+        )?)
+    } else {
+        None
+    };
+    let opts = AuditOptions {
+        folds: a.folds,
+        seed: a.seed,
+        rank_by: match a.rank_by {
+            RankByArg::SelfConfidence => RankBy::SelfConfidence,
+            RankByArg::NormalizedMargin => RankBy::NormalizedMargin,
+        },
+        duplicate_threshold: a.duplicate_threshold,
+        ..AuditOptions::default()
+    };
+    let cache_dir = a.cache.dir(env);
+    let mut cache = EmbeddingCache::open(cache_dir.as_deref(), &engine, Features::Projected)?;
+    let quiet = a.quiet;
+    let total = train.paths.len() + test.as_ref().map_or(0, |t| t.paths.len());
+    let start = std::time::Instant::now();
+    let mut last_pct = usize::MAX;
+    let result = run_audit(
+        &engine,
+        &mut cache,
+        AuditSources {
+            train: &train,
+            test: test.as_ref(),
+            zero_shot: zero_shot.as_ref(),
+            batch_size: a.model.batch_size,
+        },
+        &opts,
+        |p| {
+            if quiet {
+                return;
+            }
+            match p {
+                AuditProgress::Embedding => eprintln!("embedding {total} images"),
+                AuditProgress::CrossValidating => {
+                    eprintln!("cross-validating the head ({} folds)", a.folds)
+                }
+                AuditProgress::Neighbours { done, total } => {
+                    let pct = done * 10 / total.max(1);
+                    if pct != last_pct {
+                        last_pct = pct;
+                        eprintln!("neighbour search: {done}/{total} rows");
+                    }
+                }
+                AuditProgress::Summarising => eprintln!("grouping and outliers"),
+            }
+        },
+    )?;
+    let s = write_audit_report(&a.out, &result)?;
+    if !quiet {
+        for f in &result.failures {
+            eprintln!("warning: {}: {} (not audited)", f.path, f.error);
+        }
+        eprintln!(
+            "audited {} train + {} test images of {} ({} failed) in {:.1} s -> {}",
+            s.train_images,
+            s.test_images,
+            total,
+            s.failed,
+            start.elapsed().as_secs_f64(),
+            a.out.display()
+        );
+        eprintln!(
+            "likely mislabels {}, exact-duplicate groups {}, near-duplicate pairs {} ({} groups), train/test leaks {}, outliers {}",
+            s.mislabels,
+            s.exact_duplicate_groups,
+            s.near_duplicate_pairs,
+            s.near_duplicate_groups,
+            s.leakage,
+            s.outliers
+        );
+        if s.failed > 0 {
+            eprintln!(
+                "failures listed in {}",
+                a.out.join("failures.csv").display()
+            );
+        }
+    }
+    if s.train_images + s.test_images + s.failed != total {
+        anyhow::bail!(
+            "{} of {total} images neither audited nor listed as failed",
+            total - s.train_images - s.test_images - s.failed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The `--threads` of the command, if it loads a model.
 fn threads(c: &Command) -> Option<usize> {
     match c {
@@ -766,6 +964,7 @@ fn threads(c: &Command) -> Option<usize> {
         Command::Fit(a) => a.model.threads,
         Command::Predict(a) => a.model.threads,
         Command::Compare(a) => a.model.threads,
+        Command::Audit(a) => a.model.threads,
         Command::Embed(a) => a.model.threads,
         Command::Merge(_) => None,
     }
@@ -793,6 +992,7 @@ fn main() -> ExitCode {
         Command::Fit(a) => run_fit(a, &env),
         Command::Predict(a) => run_predict(a, &env),
         Command::Compare(a) => run_compare(a, &env),
+        Command::Audit(a) => run_audit_cmd(a, &env),
         Command::Embed(a) => run_embed(a, &env),
         Command::Merge(a) => run_merge(a),
     };
