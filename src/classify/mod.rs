@@ -2,6 +2,7 @@
 //! zero-shot classifier built from them ([`zeroshot`]) and the linear head trained by `fit`
 //! ([`head`]).
 
+pub mod calibration;
 pub mod classes;
 pub mod head;
 pub mod zeroshot;

@@ -6,4 +6,5 @@ pub mod cache;
 pub mod cluster;
 pub mod label;
 pub mod organize;
+pub mod rows;
 pub mod writers;
