@@ -12,6 +12,7 @@ pub mod eval;
 pub mod images;
 pub mod jobs;
 pub mod linear_head;
+pub mod review;
 pub mod util;
 
 pub use error::{Error, Result};
