@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod cluster;
+pub mod exports;
 pub mod label;
 pub mod organize;
 pub mod rows;

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::eval::metrics::{mean_std, Metrics};
 use crate::util::atomic::write_atomic;
 
+pub mod calibration;
+
 /// `MethodRun::family` of zero-shot (prompt) classifiers.
 pub const FAMILY_ZERO_SHOT: &str = "zero-shot";
 /// `MethodRun::family` of the linear probe.
