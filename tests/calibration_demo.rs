@@ -41,11 +41,7 @@ fn generate(out: &Path, per_class: usize, seed: u64) {
         .args(["--seed", &seed.to_string(), "--format", "mixed"])
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// Class probabilities (in `clf.classes` order) and true class indices of an ImageFolder set.
@@ -145,6 +141,9 @@ fn calibrated_precision_and_set_coverage_hold_on_fresh_seeds() {
         100.0 * coverage,
         set_size as f64 / total as f64
     );
-    assert!(seeds_ok >= 18, "precision reached 0.95 on only {seeds_ok} of 20 seeds");
+    assert!(
+        seeds_ok >= 18,
+        "precision reached 0.95 on only {seeds_ok} of 20 seeds"
+    );
     assert!(coverage >= 0.87, "set coverage {coverage}");
 }

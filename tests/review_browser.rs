@@ -214,7 +214,8 @@ fn fixture_rows(dir: &Path) -> (PathBuf, Vec<(String, String, f32, bool)>) {
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
         .collect();
-    let mut csv = String::from("path,label,score,label2,score2,label3,score3,predicted,cosine,set\n");
+    let mut csv =
+        String::from("path,label,score,label2,score2,label3,score3,predicted,cosine,set\n");
     let mut rows = Vec::new();
     for (i, line) in truth.lines().skip(1).take(30).enumerate() {
         let mut f = line.split(',');
@@ -266,7 +267,11 @@ fn review_page_in_headless_chromium() {
     )
     .unwrap();
     assert_eq!(summary.cards, 30);
-    assert!(summary.thumb_failures.is_empty(), "{:?}", summary.thumb_failures);
+    assert!(
+        summary.thumb_failures.is_empty(),
+        "{:?}",
+        summary.thumb_failures
+    );
 
     let mut b = Browser::launch();
     let url = format!("file://{}", out.join("index.html").display());
@@ -283,9 +288,9 @@ fn review_page_in_headless_chromium() {
             .then(rows[a].2.total_cmp(&rows[b].2))
             .then(a.cmp(&b))
     });
-    let dom: Vec<usize> = serde_json::from_value(b.eval(
-        "Array.from(document.querySelectorAll('.card')).map(c => +c.dataset.id)",
-    ))
+    let dom: Vec<usize> = serde_json::from_value(
+        b.eval("Array.from(document.querySelectorAll('.card')).map(c => +c.dataset.id)"),
+    )
     .unwrap();
     assert_eq!(dom, expected, "cards in review order");
     assert_eq!(
@@ -296,10 +301,13 @@ fn review_page_in_headless_chromium() {
     // Correct two images with the keyboard: the first card gets its 2nd-ranked class (key 2),
     // the second a class typed into the type-ahead; accept the third; mark the fourth as not
     // any class and undo that.
-    let classes: Vec<String> = serde_json::from_value(b.eval("window.CLIPLABEL_REVIEW.classes")).unwrap();
-    let second_of_first: String =
-        serde_json::from_value(b.eval(&format!("window.CLIPLABEL_REVIEW.items[{}].top[1][0]", expected[0])))
-            .unwrap();
+    let classes: Vec<String> =
+        serde_json::from_value(b.eval("window.CLIPLABEL_REVIEW.classes")).unwrap();
+    let second_of_first: String = serde_json::from_value(b.eval(&format!(
+        "window.CLIPLABEL_REVIEW.items[{}].top[1][0]",
+        expected[0]
+    )))
+    .unwrap();
     b.key("2");
     b.key("/");
     b.wait_for("!document.getElementById('typeahead').hidden");
@@ -312,9 +320,15 @@ fn review_page_in_headless_chromium() {
     b.key("Enter");
     b.key("Enter");
     b.key("x");
-    assert_eq!(b.eval("Object.keys(window.cliplabelReview.decisions()).length"), json!(4));
+    assert_eq!(
+        b.eval("Object.keys(window.cliplabelReview.decisions()).length"),
+        json!(4)
+    );
     b.key("u");
-    assert_eq!(b.eval("Object.keys(window.cliplabelReview.decisions()).length"), json!(3));
+    assert_eq!(
+        b.eval("Object.keys(window.cliplabelReview.decisions()).length"),
+        json!(3)
+    );
     assert_eq!(
         b.eval("document.getElementById('progress-text').textContent"),
         json!("3 / 30 reviewed")
@@ -322,7 +336,10 @@ fn review_page_in_headless_chromium() {
 
     // A reload loses nothing.
     b.navigate(&url);
-    assert_eq!(b.eval("Object.keys(window.cliplabelReview.decisions()).length"), json!(3));
+    assert_eq!(
+        b.eval("Object.keys(window.cliplabelReview.decisions()).length"),
+        json!(3)
+    );
 
     // The export: decided rows in input order, absolute paths, labels as chosen.
     let csv: String = serde_json::from_value(b.eval("window.cliplabelReview.exportCsv()")).unwrap();
@@ -355,7 +372,12 @@ fn review_page_in_headless_chromium() {
     let shot = tmp.path().join("review.png");
     b.screenshot(&shot);
     let img = image::open(&shot).unwrap();
-    assert!(img.width() >= 1000, "screenshot {}x{}", img.width(), img.height());
+    assert!(
+        img.width() >= 1000,
+        "screenshot {}x{}",
+        img.width(),
+        img.height()
+    );
     let keep = std::env::var_os("CARGO_TARGET_TMPDIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir)

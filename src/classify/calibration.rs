@@ -222,7 +222,11 @@ pub struct ThresholdFit {
 
 fn check_target(target: f64, delta: f64) -> std::result::Result<(), CalibrationError> {
     if !(target > 0.0 && target < 1.0) {
-        return Err(param("the target precision", "strictly between 0 and 1", target));
+        return Err(param(
+            "the target precision",
+            "strictly between 0 and 1",
+            target,
+        ));
     }
     if !(delta > 0.0 && delta < 1.0) {
         return Err(param("delta", "strictly between 0 and 1", delta));
@@ -711,7 +715,11 @@ impl Calibration {
             ));
         }
         if m.scorer_key != run.scorer_key {
-            let what = if m.method == "head" { "head" } else { "prompts" };
+            let what = if m.method == "head" {
+                "head"
+            } else {
+                "prompts"
+            };
             return Err(mismatch(
                 what,
                 format!("key `{}`", m.scorer_key),
@@ -734,12 +742,11 @@ impl Calibration {
     /// Reads a calibration file, refusing other layouts.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| crate::Error::io(path, e))?;
-        let cal: Calibration = serde_json::from_slice(&bytes).map_err(|e| {
-            CalibrationError::BadFile {
+        let cal: Calibration =
+            serde_json::from_slice(&bytes).map_err(|e| CalibrationError::BadFile {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         if cal.format_version != FORMAT_VERSION {
             return Err(CalibrationError::BadFile {
                 path: path.to_path_buf(),
@@ -888,7 +895,10 @@ mod tests {
             println!(
                 "{synth:?}: precision >= {target} in {rate:.3} of {draws} draws ({refused} refused), mean coverage {mean_cov:.3}"
             );
-            assert!(rate >= 1.0 - delta, "{synth:?}: guarantee held in only {rate}");
+            assert!(
+                rate >= 1.0 - delta,
+                "{synth:?}: guarantee held in only {rate}"
+            );
             if let Synth::Easy = synth {
                 // Not vacuous: where the target is comfortably reachable it rarely refuses and
                 // accepts most of what the oracle threshold (77%) would.
@@ -920,17 +930,32 @@ mod tests {
     fn refusals_name_the_reason() {
         let few = vec![(0.99f32, true); 20];
         let e = fit_threshold(&few, 0.95, 0.1).unwrap_err();
-        assert!(matches!(e, CalibrationError::TooFewImages { needed: 45, n: 20, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                CalibrationError::TooFewImages {
+                    needed: 45,
+                    n: 20,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("at least 45"), "{e}");
         // Enough images, but half are wrong everywhere.
         let bad: Vec<(f32, bool)> = (0..200).map(|i| (0.99, i % 2 == 0)).collect();
         let e = fit_threshold(&bad, 0.95, 0.1).unwrap_err();
         assert!(matches!(e, CalibrationError::Unreachable { .. }), "{e}");
-        assert!(e.to_string().contains("no threshold reaches precision 0.95"));
+        assert!(e
+            .to_string()
+            .contains("no threshold reaches precision 0.95"));
         assert!(fit_threshold(&bad, 1.0, 0.1).is_err());
         assert!(fit_threshold(&bad, 0.9, 0.0).is_err());
         let e = fit_sets(&vec![vec![0.5, 0.5]; 5], &[0; 5], 0.9).unwrap_err();
-        assert!(matches!(e, CalibrationError::TooFewForSets { needed: 9, .. }), "{e}");
+        assert!(
+            matches!(e, CalibrationError::TooFewForSets { needed: 9, .. }),
+            "{e}"
+        );
     }
 
     /// Synthetic K-class probabilities: the true class gets a random boost over Dirichlet-like noise.
@@ -1020,13 +1045,29 @@ mod tests {
         assert_eq!(back.made_for, cal.made_for);
         assert_eq!(back.per_class, cal.per_class);
         assert_eq!(back.threshold.threshold, cal.threshold.threshold);
-        assert_eq!(back.sets.as_ref().unwrap().quantile, cal.sets.as_ref().unwrap().quantile);
+        assert_eq!(
+            back.sets.as_ref().unwrap().quantile,
+            cal.sets.as_ref().unwrap().quantile
+        );
         back.check(&made_for(), &path).unwrap();
         for (field, change) in [
-            ("model", Box::new(|m: &mut MadeFor| m.model_fingerprint = "f2".into()) as Box<dyn Fn(&mut MadeFor)>),
-            ("scorer", Box::new(|m: &mut MadeFor| m.method = "head".into())),
-            ("class list", Box::new(|m: &mut MadeFor| m.classes.swap(0, 1))),
-            ("prompts", Box::new(|m: &mut MadeFor| m.scorer_key = "k2".into())),
+            (
+                "model",
+                Box::new(|m: &mut MadeFor| m.model_fingerprint = "f2".into())
+                    as Box<dyn Fn(&mut MadeFor)>,
+            ),
+            (
+                "scorer",
+                Box::new(|m: &mut MadeFor| m.method = "head".into()),
+            ),
+            (
+                "class list",
+                Box::new(|m: &mut MadeFor| m.classes.swap(0, 1)),
+            ),
+            (
+                "prompts",
+                Box::new(|m: &mut MadeFor| m.scorer_key = "k2".into()),
+            ),
         ] {
             let mut other = made_for();
             change(&mut other);
@@ -1053,16 +1094,29 @@ mod tests {
         // A bad file is refused by name.
         std::fs::write(&path, b"{\"format_version\": 1}").unwrap();
         let e = Calibration::load(&path).unwrap_err();
-        assert!(e.to_string().contains("not a cliplabel calibration file"), "{e}");
+        assert!(
+            e.to_string().contains("not a cliplabel calibration file"),
+            "{e}"
+        );
     }
 
     #[test]
     fn calibrate_rejects_misaligned_input() {
-        let e = calibrate(&[vec![0.5, 0.5]], &[0], made_for(), &CalibrateOptions::default())
-            .unwrap_err();
+        let e = calibrate(
+            &[vec![0.5, 0.5]],
+            &[0],
+            made_for(),
+            &CalibrateOptions::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("image 0"), "{e}");
-        let e = calibrate(&[vec![0.5; 6]], &[9], made_for(), &CalibrateOptions::default())
-            .unwrap_err();
+        let e = calibrate(
+            &[vec![0.5; 6]],
+            &[9],
+            made_for(),
+            &CalibrateOptions::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("label 9"), "{e}");
     }
 }

@@ -175,11 +175,14 @@ fn read_csv(path: &Path) -> Result<Vec<LabelRecord>> {
                 .ok_or_else(|| input(path, line, format!("`label{k}` without `score{k}`")))?;
             top.push((name.to_string(), v));
         }
-        let set = set_col.map(|c| get(c).trim()).filter(|s| !s.is_empty()).map(|s| {
-            s.split(SET_SEPARATOR)
-                .map(|x| x.trim().to_string())
-                .collect()
-        });
+        let set = set_col
+            .map(|c| get(c).trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.split(SET_SEPARATOR)
+                    .map(|x| x.trim().to_string())
+                    .collect()
+            });
         out.push(LabelRecord {
             abstained: label == UNKNOWN,
             path: p,
@@ -202,7 +205,11 @@ mod tests {
             path: p.into(),
             label: label.into(),
             score: 0.6,
-            top: vec![("cat".into(), 0.6), ("dog".into(), 0.3), ("fox".into(), 0.1)],
+            top: vec![
+                ("cat".into(), 0.6),
+                ("dog".into(), 0.3),
+                ("fox".into(), 0.1),
+            ],
             cosine: Some(0.3),
             abstained,
         }
@@ -241,7 +248,10 @@ mod tests {
         )
         .unwrap();
         let rows = read_label_rows(&p).unwrap();
-        assert_eq!(rows[0].set.as_deref(), Some(&["cat".to_string(), "dog".into()][..]));
+        assert_eq!(
+            rows[0].set.as_deref(),
+            Some(&["cat".to_string(), "dog".into()][..])
+        );
         assert!(rows[1].set.is_none() && rows[1].abstained);
         let j = d.path().join("s.jsonl");
         std::fs::write(
@@ -249,7 +259,10 @@ mod tests {
             "{\"path\":\"a.png\",\"label\":\"cat\",\"score\":0.9,\"top\":[{\"label\":\"cat\",\"score\":0.9}],\"predicted\":\"cat\",\"abstained\":false,\"set\":[\"cat\",\"dog\"]}\n",
         )
         .unwrap();
-        assert_eq!(read_label_rows(&j).unwrap()[0].set.as_ref().unwrap().len(), 2);
+        assert_eq!(
+            read_label_rows(&j).unwrap()[0].set.as_ref().unwrap().len(),
+            2
+        );
         let dec = d.path().join("decisions.csv");
         std::fs::write(&dec, "path,label\nx.png,dog\n").unwrap();
         let rows = read_label_rows(&dec).unwrap();
@@ -269,6 +282,9 @@ mod tests {
         assert!(e.contains("`path` and `label`"), "{e}");
         let j = d.path().join("bad.jsonl");
         std::fs::write(&j, "{}\n").unwrap();
-        assert!(read_label_rows(&j).unwrap_err().to_string().contains("bad.jsonl:1"));
+        assert!(read_label_rows(&j)
+            .unwrap_err()
+            .to_string()
+            .contains("bad.jsonl:1"));
     }
 }

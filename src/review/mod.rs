@@ -142,7 +142,12 @@ fn make_thumb(src: &Path, dst: &Path, opts: &ReviewOptions) -> std::result::Resu
     };
     let mut bytes = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, opts.jpeg_quality.clamp(1, 100))
-        .encode(&small.data, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+        .encode(
+            &small.data,
+            w as u32,
+            h as u32,
+            image::ExtendedColorType::Rgb8,
+        )
         .map_err(|e| format!("cannot encode thumbnail: {e}"))?;
     write_atomic(dst, &bytes).map_err(|e| e.to_string())
 }
@@ -183,7 +188,10 @@ pub fn write_review(
         .map(|(i, src)| {
             let name = format!("{:06}.jpg", i + 1);
             let r = make_thumb(src, &thumbs.join(&name), opts).map(|_| format!("thumbs/{name}"));
-            progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total);
+            progress(
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                total,
+            );
             r
         })
         .collect();
@@ -331,8 +339,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let rows = d.path().join("labels.csv");
         std::fs::write(&rows, "path,label\n").unwrap();
-        let e = write_review(&rows, &d.path().join("r"), &ReviewOptions::default(), &|_, _| {})
-            .unwrap_err();
+        let e = write_review(
+            &rows,
+            &d.path().join("r"),
+            &ReviewOptions::default(),
+            &|_, _| {},
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("no rows"), "{e}");
         let e = write_review(
             &d.path().join("nope.csv"),

@@ -223,7 +223,11 @@ fn draw(
         5,
         BLACK.filled(),
     )))?
-    .label(format!("chosen {:.3}: coverage {:.1}%", t, 100.0 * cal.threshold.coverage))
+    .label(format!(
+        "chosen {:.3}: coverage {:.1}%",
+        t,
+        100.0 * cal.threshold.coverage
+    ))
     .legend(|(x, y)| Circle::new((x + 9, y), 4, BLACK.filled()));
     c.configure_series_labels()
         .position(SeriesLabelPosition::LowerLeft)
@@ -278,7 +282,10 @@ pub fn write_calibration_report(
     let write = |path: &Path, bytes: &[u8]| {
         write_atomic(path, bytes).map_err(|e| ReportError::Write(Box::new(e)))
     };
-    write(&dir.join("calibration.md"), markdown(cal, curves).as_bytes())?;
+    write(
+        &dir.join("calibration.md"),
+        markdown(cal, curves).as_bytes(),
+    )?;
     write(&svg_path, svg.as_bytes())
 }
 
@@ -313,7 +320,9 @@ mod tests {
         let (cal, curves) = calibrate(&probs, &labels, made_for, &opts).unwrap();
         let (bins, ece) = reliability(&curves.top1);
         assert_eq!(bins.iter().map(|b| b.count).sum::<usize>(), 300);
-        assert!(bins.iter().all(|b| b.lo <= b.confidence && b.confidence < b.hi + 1e-9));
+        assert!(bins
+            .iter()
+            .all(|b| b.lo <= b.confidence && b.confidence < b.hi + 1e-9));
         assert!(ece > 0.0 && ece < 1.0);
         let d = tempfile::tempdir().unwrap();
         write_calibration_report(d.path(), &cal, &curves).unwrap();

@@ -47,7 +47,10 @@ pub fn write(
     };
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<annotations>\n");
     x.push_str("  <version>1.1</version>\n  <meta>\n    <task>\n");
-    x.push_str(&format!("      <name>{}</name>\n", xml_escape(&opts.task_name)));
+    x.push_str(&format!(
+        "      <name>{}</name>\n",
+        xml_escape(&opts.task_name)
+    ));
     x.push_str(&format!("      <size>{}</size>\n", images.len()));
     x.push_str("      <mode>annotation</mode>\n      <labels>\n");
     for c in classes {
@@ -100,7 +103,9 @@ mod tests {
         let root = doc.root_element();
         assert_eq!(root.tag_name().name(), "annotations");
         let child = |n: roxmltree::Node<'_, '_>, name: &str| {
-            n.children().find(|c| c.has_tag_name(name)).unwrap_or_else(|| panic!("no <{name}>"))
+            n.children()
+                .find(|c| c.has_tag_name(name))
+                .unwrap_or_else(|| panic!("no <{name}>"))
         };
         assert_eq!(child(root, "version").text(), Some("1.1"));
         let task = child(child(root, "meta"), "task");
@@ -112,7 +117,10 @@ mod tests {
             .map(|l| child(l, "name").text().unwrap())
             .collect();
         assert_eq!(labels, ["black circle", "yellow triangle"]);
-        let images: Vec<_> = root.children().filter(|n| n.has_tag_name("image")).collect();
+        let images: Vec<_> = root
+            .children()
+            .filter(|n| n.has_tag_name("image"))
+            .collect();
         assert_eq!(images.len(), 3);
         for (i, im) in images.iter().enumerate() {
             assert_eq!(im.attribute("id"), Some(i.to_string().as_str()));
@@ -122,7 +130,10 @@ mod tests {
             assert_eq!((w, h), (tw, th));
         }
         // Lexical order of names; the abstained image has no tag.
-        let names: Vec<&str> = images.iter().map(|i| i.attribute("name").unwrap()).collect();
+        let names: Vec<&str> = images
+            .iter()
+            .map(|i| i.attribute("name").unwrap())
+            .collect();
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);

@@ -25,7 +25,9 @@ fn place(src: &Path, dst: &Path) -> std::result::Result<(), String> {
     if std::fs::hard_link(src, dst).is_ok() {
         return Ok(());
     }
-    std::fs::copy(src, dst).map(|_| ()).map_err(|e| e.to_string())
+    std::fs::copy(src, dst)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Writes `OUT/data/` and `OUT/labels.json`.
@@ -105,7 +107,13 @@ mod tests {
         let mut dup = rs[1].clone();
         dup.score = None;
         rs.push(dup);
-        let s = export(&rs, ExportFormat::FiftyOne, d.path(), &ExportOptions::default()).unwrap();
+        let s = export(
+            &rs,
+            ExportFormat::FiftyOne,
+            d.path(),
+            &ExportOptions::default(),
+        )
+        .unwrap();
         assert_eq!((s.exported, s.unlabelled, s.failed.len()), (4, 1, 0));
         let v: Value =
             serde_json::from_slice(&std::fs::read(d.path().join("labels.json")).unwrap()).unwrap();
@@ -114,7 +122,10 @@ mod tests {
         let labels = v["labels"].as_object().unwrap();
         assert_eq!(labels.len(), 4);
         let t = &labels["img_000"];
-        assert_eq!(classes[t["label"].as_u64().unwrap() as usize], "yellow triangle");
+        assert_eq!(
+            classes[t["label"].as_u64().unwrap() as usize],
+            "yellow triangle"
+        );
         assert!((t["confidence"].as_f64().unwrap() - 0.91).abs() < 1e-6);
         assert_eq!(labels["img_003"], Value::Null);
         assert_eq!(labels["img_002-2"], json!(0));
@@ -122,7 +133,13 @@ mod tests {
             let n = std::fs::read_dir(d.path().join("data"))
                 .unwrap()
                 .filter(|e| {
-                    e.as_ref().unwrap().path().file_stem().unwrap().to_string_lossy() == *uuid
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .file_stem()
+                        .unwrap()
+                        .to_string_lossy()
+                        == *uuid
                 })
                 .count();
             assert_eq!(n, 1, "data/{uuid}.*");

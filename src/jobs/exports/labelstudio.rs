@@ -24,7 +24,9 @@ pub const TO_NAME: &str = "image";
 /// The labelling config matching the tasks.
 pub fn config(classes: &[String]) -> String {
     let mut x = String::from("<View>\n");
-    x.push_str(&format!("  <Image name=\"{TO_NAME}\" value=\"${TO_NAME}\"/>\n"));
+    x.push_str(&format!(
+        "  <Image name=\"{TO_NAME}\" value=\"${TO_NAME}\"/>\n"
+    ));
     x.push_str(&format!(
         "  <Choices name=\"{FROM_NAME}\" toName=\"{TO_NAME}\" choice=\"single\" showInLine=\"true\">\n"
     ));
@@ -111,7 +113,10 @@ mod tests {
         let tasks = v.as_array().expect("a JSON list of tasks");
         assert_eq!(tasks.len(), 3);
         let t = &tasks[0];
-        assert!(t["data"]["image"].as_str().unwrap().starts_with("/data/local-files/?d=/"));
+        assert!(t["data"]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("/data/local-files/?d=/"));
         let p = &t["predictions"].as_array().unwrap()[0];
         assert_eq!(p["model_version"], "shapes-clip/zero-shot");
         assert!(p["score"].is_f64());

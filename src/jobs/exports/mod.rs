@@ -209,7 +209,10 @@ pub(crate) mod test_rows {
 
     #[test]
     fn formats_parse_and_labels_must_be_classes() {
-        assert_eq!("labelstudio".parse::<ExportFormat>().unwrap(), ExportFormat::LabelStudio);
+        assert_eq!(
+            "labelstudio".parse::<ExportFormat>().unwrap(),
+            ExportFormat::LabelStudio
+        );
         assert_eq!("CVAT".parse::<ExportFormat>().unwrap(), ExportFormat::Cvat);
         assert!("coco".parse::<ExportFormat>().is_err());
         let d = tempfile::tempdir().unwrap();
@@ -219,6 +222,9 @@ pub(crate) mod test_rows {
         };
         let e = export(&rows(), ExportFormat::Cvat, d.path(), &opts).unwrap_err();
         assert!(e.to_string().contains("black circle"), "{e}");
-        assert_eq!(xml_escape("a<b & \"c\"'"), "a&lt;b &amp; &quot;c&quot;&apos;");
+        assert_eq!(
+            xml_escape("a<b & \"c\"'"),
+            "a&lt;b &amp; &quot;c&quot;&apos;"
+        );
     }
 }
