@@ -160,9 +160,12 @@ impl Browser {
     }
 
     fn navigate(&mut self, url: &str) {
+        // Mark the old document so that waiting cannot succeed on it (reloads).
+        self.eval("window.__stale = true");
         self.call("Page.navigate", json!({"url": url}));
         self.wait_for(
-            "document.readyState === 'complete' && !!window.cliplabelReview && Array.from(document.images).every(i => i.complete)",
+            "!window.__stale && document.readyState === 'complete' && !!window.cliplabelReview \
+             && Array.from(document.images).filter(i => i.getBoundingClientRect().top < innerHeight).every(i => i.complete && i.naturalWidth > 0)",
         );
     }
 
@@ -230,8 +233,8 @@ fn fixture_rows(dir: &Path) -> (PathBuf, Vec<(String, String, f32, bool)>) {
             (label.to_string(), other.clone())
         };
         let abstained = i % 5 == 2;
-        let s2 = (1.0 - score) * 0.7;
-        let s3 = (1.0 - score) * 0.2;
+        let s2 = (1.0 - score) * 0.4;
+        let s3 = (1.0 - score) * 0.15;
         let set = if score < 0.6 {
             format!("{p1}|{p2}")
         } else {

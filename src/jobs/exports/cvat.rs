@@ -102,11 +102,11 @@ mod tests {
         let doc = roxmltree::Document::parse(&xml).unwrap();
         let root = doc.root_element();
         assert_eq!(root.tag_name().name(), "annotations");
-        let child = |n: roxmltree::Node<'_, '_>, name: &str| {
+        fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, name: &str) -> roxmltree::Node<'a, 'i> {
             n.children()
                 .find(|c| c.has_tag_name(name))
                 .unwrap_or_else(|| panic!("no <{name}>"))
-        };
+        }
         assert_eq!(child(root, "version").text(), Some("1.1"));
         let task = child(child(root, "meta"), "task");
         assert_eq!(child(task, "size").text(), Some("3"));

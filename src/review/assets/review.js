@@ -85,7 +85,10 @@
     }
     c.appendChild(th);
     var body = el("div", "body");
-    body.appendChild(el("div", "name", it.path));
+    var parts = it.path.split(/[\\/]/);
+    var nm = el("div", "name", parts.slice(-2).join("/"));
+    nm.title = it.path;
+    body.appendChild(nm);
     var ul = el("ul", "tops");
     it.top.forEach(function (t, k) {
       var li = el("li");
