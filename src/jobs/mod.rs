@@ -6,8 +6,10 @@
 pub mod cache;
 pub mod cluster;
 pub mod embed;
+pub mod exports;
 pub mod fit;
 pub mod label;
 pub mod organize;
 pub mod pipeline;
+pub mod rows;
 pub mod writers;
