@@ -1,22 +1,35 @@
 //! The acceptance experiment of calibrated abstention and prediction sets, on the shipped demo
-//! CLIP and freshly generated shapes (library calls; the CLI will wrap the same functions).
+//! CLIP and freshly generated shapes, through the command line.
 //!
-//! Calibrate at target precision 0.95 (delta 0.1) with sets at 0.9 on one generated set, then
-//! label 20 fresh sets from other seeds: the accepted images' precision must reach 0.95 in at
-//! least 18 of the 20, and the sets must contain the truth for at least 0.87 of fresh images.
+//! `cliplabel calibrate` at target precision 0.95 (delta 0.1) with sets at 0.9 on one generated
+//! set, then `cliplabel label --calibration` on 20 fresh sets from other seeds: the accepted
+//! images' precision must reach 0.95 in at least 18 of the 20, and the sets must contain the
+//! truth for at least 0.87 of fresh images. A second test checks that `label` refuses a
+//! calibration made for another class list.
 //!
 //! Images come from the `shapes` example, which `cargo test` builds with the tests.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use cliplabel::classify::calibration::{calibrate, CalibrateOptions, MadeFor};
-use cliplabel::classify::classes::{ClassList, Templates};
-use cliplabel::classify::zeroshot::ZeroShotClassifier;
-use cliplabel::clip::engine::{embed_images, Engine, Features};
-use cliplabel::eval::dataset::LabelledSet;
+use cliplabel::classify::calibration::Calibration;
+use cliplabel::jobs::rows::read_label_rows;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cliplabel() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cliplabel"));
+    c.env("HF_HUB_OFFLINE", "1");
+    c
+}
+
+fn run(c: &mut Command) -> String {
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{c:?} failed: {err}");
+    err
 }
 
 /// The generator built alongside this test (`target/<profile>/examples/shapes`).
@@ -44,57 +57,46 @@ fn generate(out: &Path, per_class: usize, seed: u64) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
-/// Class probabilities (in `clf.classes` order) and true class indices of an ImageFolder set.
-fn score_set(engine: &Engine, clf: &ZeroShotClassifier, dir: &Path) -> (Vec<Vec<f32>>, Vec<usize>) {
-    // The generator also writes classes.txt and captions.jsonl, which are not images.
-    let set = LabelledSet::from_image_folder(dir).unwrap();
-    let truth = set.align_to(&clf.classes, "generated set").unwrap();
-    let mut probs = Vec::new();
-    let mut labels = Vec::new();
-    let mut next = 0usize;
-    embed_images(engine, set.paths.clone(), 64, Features::Projected, |b| {
-        assert!(b.failed.is_empty(), "{:?}", b.failed);
-        let e = b.embeddings.expect("embeddings");
-        let flat: Vec<f32> = e.flatten_all()?.to_vec1()?;
-        for (s, p) in clf.score(&flat).into_iter().zip(&b.ok) {
-            assert_eq!(p, &set.paths[next]);
-            probs.push(s.probs);
-            labels.push(truth[next]);
-            next += 1;
-        }
-        Ok(())
-    })
-    .unwrap();
-    assert_eq!(next, set.paths.len());
-    (probs, labels)
+/// The true class of a generated image: its folder name.
+fn truth_of(path: &str) -> String {
+    Path::new(path)
+        .parent()
+        .and_then(Path::file_name)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn model_args(c: &mut Command) -> &mut Command {
+    let model = repo().join("models/shapes-clip");
+    c.arg("--model")
+        .arg(&model)
+        .arg("--classes")
+        .arg(model.join("classes.txt"))
+        .args(["--templates", "photo", "--no-cache", "--quiet"])
 }
 
 #[test]
 fn calibrated_precision_and_set_coverage_hold_on_fresh_seeds() {
-    let model = repo().join("models/shapes-clip");
-    let engine = Engine::load(model.to_str().unwrap(), &cliplabel::default_device()).unwrap();
-    let classes = ClassList::from_file(&model.join("classes.txt")).unwrap();
-    let templates = Templates::resolve("photo").unwrap();
-    let clf = ZeroShotClassifier::build(&engine, &classes, &templates).unwrap();
-    let made_for = MadeFor {
-        model: engine.source.clone(),
-        model_fingerprint: engine.fingerprint.clone(),
-        method: "zero-shot".into(),
-        scorer_key: ZeroShotClassifier::cache_key(&engine, &classes, &templates),
-        classes: clf.classes.clone(),
-    };
-
     let tmp = tempfile::tempdir().unwrap();
     let cal_dir = tmp.path().join("cal");
     generate(&cal_dir, 20, 4100);
-    let (cp, cl) = score_set(&engine, &clf, &cal_dir);
-    let opts = CalibrateOptions {
-        target_precision: 0.95,
-        delta: 0.1,
-        sets: Some(0.9),
-        ..Default::default()
-    };
-    let (cal, _) = calibrate(&cp, &cl, made_for, &opts).unwrap();
+    let cal_path = tmp.path().join("cal.json");
+    run(model_args(cliplabel().arg("calibrate"))
+        .arg("--data")
+        .arg(&cal_dir)
+        .args([
+            "--target-precision",
+            "0.95",
+            "--delta",
+            "0.1",
+            "--sets",
+            "0.9",
+        ])
+        .arg("--out")
+        .arg(&cal_path));
+    let cal = Calibration::load(&cal_path).unwrap();
+    assert!(tmp.path().join("cal.report/calibration.md").is_file());
     println!(
         "calibrated on {} images: threshold {:.3}, coverage {:.1}%, calibration precision {:.2}%, set quantile {:.4}",
         cal.n,
@@ -109,15 +111,30 @@ fn calibrated_precision_and_set_coverage_hold_on_fresh_seeds() {
     for seed in 0..20u64 {
         let dir = tmp.path().join(format!("fresh{seed}"));
         generate(&dir, 10, 5000 + seed);
-        let (probs, labels) = score_set(&engine, &clf, &dir);
+        let out = tmp.path().join(format!("fresh{seed}.csv"));
+        run(model_args(cliplabel().arg("label"))
+            .arg("--calibration")
+            .arg(&cal_path)
+            .arg("--out")
+            .arg(&out)
+            .arg(&dir));
+        assert!(!tmp
+            .path()
+            .join(format!("fresh{seed}.csv.failed.jsonl"))
+            .exists());
+        let rows = read_label_rows(&out).unwrap();
+        let n_images = cliplabel::collect_images(std::slice::from_ref(&dir))
+            .unwrap()
+            .len();
+        assert_eq!(rows.len(), n_images, "every image has a row");
         let (mut acc, mut right) = (0usize, 0usize);
-        for (p, &y) in probs.iter().zip(&labels) {
-            let d = cal.decide(p);
-            if !d.abstain {
+        for r in &rows {
+            let y = truth_of(&r.path);
+            if !r.abstained {
                 acc += 1;
-                right += usize::from(d.predicted == y);
+                right += usize::from(r.label == y);
             }
-            let set = d.set.unwrap();
+            let set = r.set.as_ref().expect("a prediction set on every row");
             covered += usize::from(set.contains(&y));
             set_size += set.len();
             total += 1;
@@ -126,7 +143,7 @@ fn calibrated_precision_and_set_coverage_hold_on_fresh_seeds() {
         println!(
             "seed {}: accepted {acc} of {}, precision {:.2}%",
             5000 + seed,
-            probs.len(),
+            rows.len(),
             100.0 * precision
         );
         assert!(acc > 0, "seed {}: nothing accepted", 5000 + seed);
@@ -146,4 +163,31 @@ fn calibrated_precision_and_set_coverage_hold_on_fresh_seeds() {
         "precision reached 0.95 on only {seeds_ok} of 20 seeds"
     );
     assert!(coverage >= 0.87, "set coverage {coverage}");
+
+    // A calibration made for another class list is refused, naming the field.
+    let model = repo().join("models/shapes-clip");
+    let o = cliplabel()
+        .arg("label")
+        .arg("--model")
+        .arg(&model)
+        .args([
+            "--class",
+            "red circle",
+            "--class",
+            "blue square",
+            "--no-cache",
+        ])
+        .arg("--calibration")
+        .arg(&cal_path)
+        .arg("--out")
+        .arg(tmp.path().join("other.csv"))
+        .arg(&cal_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "a mismatching calibration was accepted"
+    );
+    assert!(err.contains("cal.json"), "{err}");
 }

@@ -4,6 +4,7 @@
 //! `fit` commands ([`embed`], [`fit`]) and sharded runs on a cluster ([`cluster`]).
 
 pub mod cache;
+pub mod calibrate;
 pub mod cluster;
 pub mod embed;
 pub mod exports;

@@ -212,6 +212,7 @@ mod tests {
             ],
             cosine: Some(0.3),
             abstained,
+            set: None,
         }
     }
 

@@ -130,7 +130,8 @@ fn classes_of(rows: &[LabelRecord]) -> Vec<String> {
 }
 
 fn make_thumb(src: &Path, dst: &Path, opts: &ReviewOptions) -> std::result::Result<(), String> {
-    let img = load_rgb(src, opts.max_pixels).map_err(|e| crate::jobs::pipeline::error_reason(&e))?;
+    let img =
+        load_rgb(src, opts.max_pixels).map_err(|e| crate::jobs::pipeline::error_reason(&e))?;
     let side = opts.thumb_size.max(16) as f64;
     let scale = (side / img.width.max(img.height) as f64).min(1.0);
     let (w, h) = (
