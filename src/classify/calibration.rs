@@ -770,6 +770,14 @@ impl Calibration {
     }
 }
 
+/// The name a run method has in files and messages.
+pub fn method_name(m: RunMethod) -> &'static str {
+    match m {
+        RunMethod::ZeroShot => "zero-shot",
+        RunMethod::Head => "head",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -971,7 +979,7 @@ mod tests {
                     (noise + if c == y { strength } else { 0.0 }) as f32
                 })
                 .collect();
-            probs.push(crate::classify::zeroshot::softmax(&logits));
+            probs.push(crate::util::math::softmax(&logits));
             labels.push(y);
         }
         (probs, labels)
@@ -1118,13 +1126,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("label 9"), "{e}");
-    }
-}
-
-/// The name a run method has in files and messages.
-pub fn method_name(m: RunMethod) -> &'static str {
-    match m {
-        RunMethod::ZeroShot => "zero-shot",
-        RunMethod::Head => "head",
     }
 }

@@ -311,7 +311,7 @@ mod tests {
         let made_for = MadeFor {
             model: "m".into(),
             model_fingerprint: "f".into(),
-            method: "zero-shot".into(),
+            method: crate::jobs::label::RunMethod::ZeroShot,
             scorer_key: "k".into(),
             classes: vec!["a".into(), "b".into(), "c".into()],
         };
