@@ -88,6 +88,10 @@ pub enum Error {
     #[error(transparent)]
     Head(#[from] crate::linear_head::HeadError),
 
+    /// Calibration refused, or a calibration file does not fit the run.
+    #[error(transparent)]
+    Calibration(#[from] crate::classify::calibration::CalibrationError),
+
     /// A comparison report could not be written.
     #[error(transparent)]
     Report(#[from] crate::eval::report::ReportError),

@@ -40,6 +40,7 @@ pub mod eval;
 pub mod images;
 pub mod jobs;
 pub mod linear_head;
+pub mod review;
 pub(crate) mod util;
 
 pub use classify::classes::ClassList;

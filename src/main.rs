@@ -53,6 +53,11 @@ enum Command {
     /// was processed exactly once.
     #[command(long_about = MERGE_ABOUT)]
     Merge(MergeArgs),
+    /// Measure, on labelled images, the confidence threshold that reaches a target precision
+    /// (and calibrated prediction sets); writes CAL.json for `label`/`predict --calibration`.
+    Calibrate(cli::trust::CalibrateArgs),
+    /// Write a static review page for a label output, or export reviewed decisions (--format).
+    Review(cli::trust::ReviewArgs),
 }
 
 #[derive(Args)]
@@ -145,8 +150,14 @@ fn probability(flag: &'static str) -> impl Fn(&str) -> Result<f32, String> + Clo
 }
 
 impl OutputArgs {
-    fn job_options(&self, batch_size: usize, out: PathBuf) -> JobOptions {
+    fn job_options(
+        &self,
+        batch_size: usize,
+        out: PathBuf,
+        calibration: Option<(cliplabel::classify::calibration::Calibration, PathBuf)>,
+    ) -> JobOptions {
         JobOptions {
+            calibration,
             out,
             top_k: self.top_k,
             abstention: Abstention {
@@ -176,6 +187,8 @@ struct LabelArgs {
     classes: ClassArgs,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    trust: cli::trust::TrustArgs,
     #[command(flatten)]
     shard: ShardArgs,
 }
@@ -214,7 +227,9 @@ fn run_label(a: LabelArgs, env: &Env) -> anyhow::Result<ExitCode> {
     let sel = a
         .shard
         .select(env, &a.output.inputs, &a.output.out, a.output.quiet)?;
-    let opts = a.output.job_options(a.model.batch_size, sel.out);
+    let opts = a
+        .output
+        .job_options(a.model.batch_size, sel.out, a.trust.calibration()?);
     let engine = a.model.engine(env)?;
     let cache = a.classes.cache.dir(env);
     let mut progress = Progress::new(a.output.quiet);
@@ -228,7 +243,14 @@ fn run_label(a: LabelArgs, env: &Env) -> anyhow::Result<ExitCode> {
         &mut |e| progress.event(e),
     )?;
     print_summary(&summary, &opts.out, a.output.quiet);
-    Ok(ExitCode::SUCCESS)
+    let exported = a
+        .trust
+        .export_after(&opts.out, &a.model.model, a.output.quiet)?;
+    Ok(if exported {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 #[derive(Args)]
@@ -479,7 +501,7 @@ fn run_merge(a: MergeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct TemplateArgs {
     /// Prompt templates: a file (one template with one `{}` per line) or a shipped set
     /// (photo, imagenet80, imagenet7, satellite, textures, food, pets, flowers, cars, aircraft,
@@ -505,7 +527,7 @@ impl TemplateArgs {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct CacheArgs {
     /// Where to cache class and image embeddings (default: $CLIPLABEL_CACHE, else
     /// ~/.cache/cliplabel).
@@ -664,6 +686,8 @@ struct PredictArgs {
     #[command(flatten)]
     output: OutputArgs,
     #[command(flatten)]
+    trust: cli::trust::TrustArgs,
+    #[command(flatten)]
     shard: ShardArgs,
     #[command(flatten)]
     cache: CacheArgs,
@@ -674,7 +698,9 @@ fn run_predict(a: PredictArgs, env: &Env) -> anyhow::Result<ExitCode> {
     let sel = a
         .shard
         .select(env, &a.output.inputs, &a.output.out, a.output.quiet)?;
-    let opts = a.output.job_options(a.model.batch_size, sel.out);
+    let opts = a
+        .output
+        .job_options(a.model.batch_size, sel.out, a.trust.calibration()?);
     let engine = a.model.engine(env)?;
     let cache = a.cache.dir(env);
     let mut progress = Progress::new(a.output.quiet);
@@ -688,7 +714,14 @@ fn run_predict(a: PredictArgs, env: &Env) -> anyhow::Result<ExitCode> {
         &mut |e| progress.event(e),
     )?;
     print_summary(&summary, &opts.out, a.output.quiet);
-    Ok(ExitCode::SUCCESS)
+    let exported = a
+        .trust
+        .export_after(&opts.out, &a.model.model, a.output.quiet)?;
+    Ok(if exported {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 #[derive(Args)]
@@ -967,6 +1000,8 @@ fn threads(c: &Command) -> Option<usize> {
         Command::Audit(a) => a.model.threads,
         Command::Embed(a) => a.model.threads,
         Command::Merge(_) => None,
+        Command::Calibrate(a) => a.model_threads(),
+        Command::Review(_) => None,
     }
 }
 
@@ -995,6 +1030,8 @@ fn main() -> ExitCode {
         Command::Audit(a) => run_audit_cmd(a, &env),
         Command::Embed(a) => run_embed(a, &env),
         Command::Merge(a) => run_merge(a),
+        Command::Calibrate(a) => cli::trust::run_calibrate(a, &env),
+        Command::Review(a) => cli::trust::run_review(a),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 //! trained by `fit` ([`head`]), and what every classifier's output becomes ([`scores`]: the
 //! [`scores::Scorer`] trait, top-k and abstention).
 
+pub mod calibration;
 pub mod classes;
 pub mod head;
 pub mod scores;

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::classify::calibration::{Calibration, MadeFor};
 use crate::classify::classes::ClassList;
 use crate::classify::head::Head;
 use crate::classify::scores::{top_k, Abstention, Scorer, Scores};
@@ -39,6 +40,10 @@ pub struct JobOptions {
     pub force: bool,
     /// Lay images out as `DIR/<label>/<file>`.
     pub organize: Option<(PathBuf, LinkMode)>,
+    /// A calibration (`--calibration`) and the file it came from: rows below its threshold
+    /// say `unknown`, and rows carry its prediction set. The run refuses a calibration made
+    /// for another model, scorer or class list.
+    pub calibration: Option<(Calibration, PathBuf)>,
 }
 
 /// Which kind of classifier labelled a run (`method` in `OUT.run.json`).
@@ -105,17 +110,24 @@ impl Summary {
     }
 }
 
-/// Turns scores into an output row.
+/// Turns scores into an output row. With a calibration, the row also abstains below the
+/// calibrated threshold and carries the prediction set (when sets were calibrated).
 pub fn make_row(
     path: &str,
     scores: &Scores,
     classes: &[String],
     k: usize,
     abstention: &Abstention,
+    calibration: Option<&Calibration>,
 ) -> LabelRow {
     let top = top_k(&scores.probs, k.max(1));
     let (best, p) = top.first().copied().unwrap_or((0, 0.0));
-    let abstained = abstention.abstains(&scores.probs);
+    let decision = calibration.map(|c| c.decide(&scores.probs));
+    let abstained =
+        abstention.abstains(&scores.probs) || decision.as_ref().is_some_and(|d| d.abstain);
+    let set = decision
+        .and_then(|d| d.set)
+        .map(|s| s.into_iter().map(|i| classes[i].clone()).collect());
     LabelRow {
         path: path.to_string(),
         label: if abstained {
@@ -127,6 +139,7 @@ pub fn make_row(
         top: top.iter().map(|&(i, s)| (classes[i].clone(), s)).collect(),
         cosine: scores.cosines.get(best).copied(),
         abstained,
+        set,
     }
 }
 
@@ -166,11 +179,21 @@ pub fn run_job(
         return Err(Error::Input("--top-k must be at least 1".into()));
     }
     let k = opts.top_k.min(classes.len());
-    if (opts.abstention.min_score.is_some() || opts.abstention.min_margin.is_some())
+    let calibration = match &opts.calibration {
+        Some((cal, path)) => {
+            cal.check(&MadeFor::from_run_info(info), path)?;
+            Some(cal)
+        }
+        None => None,
+    };
+    let with_set = calibration.is_some_and(|c| c.sets.is_some());
+    if (opts.abstention.min_score.is_some()
+        || opts.abstention.min_margin.is_some()
+        || calibration.is_some())
         && classes.iter().any(|c| c.eq_ignore_ascii_case(UNKNOWN))
     {
         return Err(Error::Input(format!(
-            "a class is named `{UNKNOWN}`, which is also the abstention label: rename it or drop --min-score/--min-margin"
+            "a class is named `{UNKNOWN}`, which is also the abstention label: rename it or drop --min-score/--min-margin/--calibration"
         )));
     }
     let info_path = run_info_path(&opts.out);
@@ -202,7 +225,8 @@ pub fn run_job(
             }
         }
     }
-    let (mut writer, done) = LabelWriter::open(&opts.out, k, opts.resume, opts.force)?;
+    let (mut writer, done) =
+        LabelWriter::open_with_set(&opts.out, k, opts.resume, opts.force, with_set)?;
     let mut stored = info.clone();
     stored.top_k = k;
     let json = serde_json::to_vec_pretty(&stored).map_err(|e| Error::Output {
@@ -253,7 +277,7 @@ pub fn run_job(
             }
             let mut rows = Vec::with_capacity(ok.len());
             for (p, s) in ok.iter().zip(&scores) {
-                let row = make_row(&path_text(p), s, classes, k, &opts.abstention);
+                let row = make_row(&path_text(p), s, classes, k, &opts.abstention, calibration);
                 if let Some((dir, mode)) = &opts.organize {
                     if let Err(e) = place(p, dir, &row.label, *mode) {
                         summary.unplaced += 1;
@@ -341,14 +365,7 @@ pub fn label_zero_shot(
     progress: &mut dyn FnMut(JobEvent<'_>),
 ) -> Result<Summary> {
     let (clf, _cached) = ZeroShotClassifier::load_or_build(engine, classes, templates, cache_dir)?;
-    let info = RunInfo {
-        model: engine.source.clone(),
-        model_fingerprint: engine.fingerprint.clone(),
-        method: RunMethod::ZeroShot,
-        scorer_key: ZeroShotClassifier::cache_key(engine, classes, templates),
-        classes: clf.classes.clone(),
-        top_k: opts.top_k,
-    };
+    let info = zero_shot_run_info(engine, classes, templates, &clf, opts.top_k);
     run_job(engine, &clf, &info, paths, opts, None, progress)
 }
 
@@ -365,17 +382,45 @@ pub fn predict_with_head(
     progress: &mut dyn FnMut(JobEvent<'_>),
 ) -> Result<Summary> {
     head.check_model(engine, head_path)?;
-    let info = RunInfo {
-        model: engine.source.clone(),
-        model_fingerprint: engine.fingerprint.clone(),
-        method: RunMethod::Head,
-        scorer_key: Head::file_key(head_path)?,
-        classes: head.meta.classes.clone(),
-        top_k: opts.top_k,
-    };
+    let info = head_run_info(engine, head, head_path, opts.top_k)?;
     let mut cache = match cache_dir {
         Some(d) => Some(EmbeddingCache::open(Some(d), engine, head.features())?),
         None => None,
     };
     run_job(engine, head, &info, paths, opts, cache.as_mut(), progress)
+}
+
+/// The identity of a zero-shot run (`label`), as `OUT.run.json` and calibration files record it.
+pub fn zero_shot_run_info(
+    engine: &Engine,
+    classes: &ClassList,
+    templates: &Templates,
+    clf: &ZeroShotClassifier,
+    top_k: usize,
+) -> RunInfo {
+    RunInfo {
+        model: engine.source.clone(),
+        model_fingerprint: engine.fingerprint.clone(),
+        method: RunMethod::ZeroShot,
+        scorer_key: ZeroShotClassifier::cache_key(engine, classes, templates),
+        classes: clf.classes.clone(),
+        top_k,
+    }
+}
+
+/// The identity of a head run (`predict`), as `OUT.run.json` and calibration files record it.
+pub fn head_run_info(
+    engine: &Engine,
+    head: &Head,
+    head_path: &Path,
+    top_k: usize,
+) -> Result<RunInfo> {
+    Ok(RunInfo {
+        model: engine.source.clone(),
+        model_fingerprint: engine.fingerprint.clone(),
+        method: RunMethod::Head,
+        scorer_key: Head::file_key(head_path)?,
+        classes: head.meta.classes.clone(),
+        top_k,
+    })
 }

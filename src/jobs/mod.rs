@@ -4,11 +4,14 @@
 //! `fit` commands ([`embed`], [`fit`]) and sharded runs on a cluster ([`cluster`]).
 
 pub mod cache;
+pub mod calibrate;
 pub mod cluster;
 pub mod embed;
+pub mod exports;
 pub mod fit;
 pub mod label;
 pub mod organize;
 pub mod pipeline;
+pub mod rows;
 pub mod tally;
 pub mod writers;

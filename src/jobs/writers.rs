@@ -66,20 +66,32 @@ pub struct LabelRow {
     pub cosine: Option<f32>,
     /// Whether the label was replaced by `unknown`.
     pub abstained: bool,
+    /// The calibrated prediction set (class names, most probable first), when the run was
+    /// given a calibration with sets: the CSV column `set` (names joined by `|`) or the JSONL
+    /// array `set`.
+    pub set: Option<Vec<String>>,
 }
 
 /// The CSV header for `top_k` labels.
 pub fn csv_header(top_k: usize) -> Vec<String> {
+    csv_header_with(top_k, false)
+}
+
+/// The CSV header for `top_k` labels, with a final `set` column when `with_set`.
+pub fn csv_header_with(top_k: usize, with_set: bool) -> Vec<String> {
     let mut h = vec!["path".to_string(), "label".into(), "score".into()];
     for i in 2..=top_k {
         h.push(format!("label{i}"));
         h.push(format!("score{i}"));
     }
     h.extend(["predicted".to_string(), "cosine".into()]);
+    if with_set {
+        h.push("set".into());
+    }
     h
 }
 
-fn csv_record(row: &LabelRow, top_k: usize) -> Vec<String> {
+fn csv_record(row: &LabelRow, top_k: usize, with_set: bool) -> Vec<String> {
     let mut r = vec![
         row.path.clone(),
         row.label.clone(),
@@ -99,6 +111,14 @@ fn csv_record(row: &LabelRow, top_k: usize) -> Vec<String> {
     }
     r.push(row.top.first().map(|t| t.0.clone()).unwrap_or_default());
     r.push(row.cosine.map(|c| format!("{c:.6}")).unwrap_or_default());
+    if with_set {
+        r.push(
+            row.set
+                .as_deref()
+                .map(crate::jobs::rows::format_set)
+                .unwrap_or_default(),
+        );
+    }
     r
 }
 
@@ -112,6 +132,8 @@ struct JsonRow {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     cosine: Option<f32>,
     abstained: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    set: Option<Vec<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -126,6 +148,7 @@ pub struct LabelWriter {
     path: PathBuf,
     format: Format,
     top_k: usize,
+    with_set: bool,
 }
 
 /// Reads the paths already labelled in an existing output, dropping a final partial row
@@ -134,6 +157,7 @@ fn read_existing(
     path: &Path,
     format: Format,
     top_k: usize,
+    with_set: bool,
 ) -> Result<(HashSet<String>, u64, bool)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let valid = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
@@ -158,12 +182,12 @@ fn read_existing(
                     message: format!("cannot resume: unreadable CSV row: {e}"),
                 })?;
                 if i == 0 {
-                    let want = csv_header(top_k);
+                    let want = csv_header_with(top_k, with_set);
                     if rec.iter().ne(want.iter().map(String::as_str)) {
                         return Err(Error::Output {
                             path: path.to_path_buf(),
                             message: format!(
-                                "cannot resume: header is `{}`, expected `{}` (a different --top-k, or not a cliplabel output)",
+                                "cannot resume: header is `{}`, expected `{}` (a different --top-k or --calibration, or not a cliplabel output)",
                                 rec.iter().collect::<Vec<_>>().join(","),
                                 want.join(",")
                             ),
@@ -203,6 +227,17 @@ impl LabelWriter {
         resume: bool,
         force: bool,
     ) -> Result<(Self, HashSet<String>)> {
+        Self::open_with_set(path, top_k, resume, force, false)
+    }
+
+    /// [`LabelWriter::open`], with a prediction-set column (CSV `set`) when `with_set`.
+    pub fn open_with_set(
+        path: &Path,
+        top_k: usize,
+        resume: bool,
+        force: bool,
+        with_set: bool,
+    ) -> Result<(Self, HashSet<String>)> {
         let format = Format::from_path(path)?;
         let exists = path.exists();
         if exists && !resume && !force {
@@ -221,7 +256,7 @@ impl LabelWriter {
             }
         }
         let (done, valid, has_header) = if exists && resume {
-            read_existing(path, format, top_k)?
+            read_existing(path, format, top_k, with_set)?
         } else {
             (HashSet::new(), 0, false)
         };
@@ -240,10 +275,12 @@ impl LabelWriter {
             path: path.to_path_buf(),
             format,
             top_k,
+            with_set,
         };
         if format == Format::Csv && !has_header {
             let mut buf = csv::Writer::from_writer(Vec::new());
-            buf.write_record(csv_header(top_k)).map_err(|e| w.err(e))?;
+            buf.write_record(csv_header_with(top_k, with_set))
+                .map_err(|e| w.err(e))?;
             let bytes = buf.into_inner().map_err(|e| w.err(e))?;
             w.append(&bytes)?;
         }
@@ -274,7 +311,7 @@ impl LabelWriter {
             Format::Csv => {
                 let mut buf = csv::Writer::from_writer(Vec::new());
                 for r in rows {
-                    buf.write_record(csv_record(r, self.top_k))
+                    buf.write_record(csv_record(r, self.top_k, self.with_set))
                         .map_err(|e| self.err(e))?;
                 }
                 buf.into_inner().map_err(|e| self.err(e))?
@@ -297,6 +334,7 @@ impl LabelWriter {
                         predicted: r.top.first().map(|t| t.0.clone()).unwrap_or_default(),
                         cosine: r.cosine,
                         abstained: r.abstained,
+                        set: if self.with_set { r.set.clone() } else { None },
                     };
                     serde_json::to_writer(&mut buf, &j).map_err(|e| self.err(e))?;
                     buf.push(b'\n');
@@ -410,6 +448,7 @@ mod tests {
             top: vec![("cat".into(), 0.9), ("dog".into(), 0.1)],
             cosine: Some(0.3),
             abstained: false,
+            set: None,
         }
     }
 

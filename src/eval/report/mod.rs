@@ -21,6 +21,7 @@ mod plot;
 use markdown::*;
 pub use markdown::{details_text, summary_table};
 use plot::*;
+pub mod calibration;
 
 /// `MethodRun::family` of zero-shot (prompt) classifiers.
 pub const FAMILY_ZERO_SHOT: &str = "zero-shot";

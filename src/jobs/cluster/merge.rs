@@ -721,6 +721,7 @@ mod tests {
             top: vec![("cat".into(), 0.75), ("dog".into(), 0.25)],
             cosine: Some(0.3),
             abstained: false,
+            set: None,
         }
     }
 
