@@ -473,7 +473,7 @@ fn embed_split(
             Ok(d) => out.digests.push(Some(d)),
             Err(err) => {
                 failures.push(Failure {
-                    path: path.display().to_string(),
+                    path: crate::util::pathtext::path_text(path),
                     error: format!("cannot hash the file: {err}"),
                 });
                 continue;

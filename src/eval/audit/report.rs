@@ -131,7 +131,7 @@ fn cell(s: &str) -> String {
 /// `outliers.csv`, `failures.csv`, `report.md`.
 pub fn write_report(dir: &Path, r: &AuditResult) -> Result<AuditSummary> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let p = |i: usize| r.paths[i].display().to_string();
+    let p = |i: usize| crate::util::pathtext::path_text(&r.paths[i]);
     let class = |c: usize| r.classes[c].clone();
     let mut files = Vec::new();
     let mut put = |name: &str, header: &[&str], rows: Vec<Vec<String>>| -> Result<()> {
