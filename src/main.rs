@@ -981,6 +981,32 @@ fn run_audit_cmd(a: AuditArgs, env: &Env) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    // The likely mislabels open on the review page, where each can be accepted (the suggested
+    // class), corrected or kept, and exported as a path,label CSV for `fit --train-csv`.
+    if s.mislabels > 0 {
+        let opts = cliplabel::review::ReviewOptions {
+            base_dir: std::env::current_dir()?,
+            classes: Some(result.classes.clone()),
+            title: "cliplabel audit: likely mislabels".into(),
+            ..cliplabel::review::ReviewOptions::default()
+        };
+        let rv = cliplabel::review::write_review(
+            &a.out.join("mislabels.review.csv"),
+            &a.out.join("review"),
+            &opts,
+            &|_, _| {},
+        )?;
+        for f in &rv.thumb_failures {
+            eprintln!("warning: no thumbnail for {}: {}", f.path, f.error);
+        }
+        if !quiet {
+            eprintln!(
+                "review the {} likely mislabels in {}",
+                rv.cards,
+                rv.index.display()
+            );
+        }
+    }
     if s.train_images + s.test_images + s.failed != total {
         anyhow::bail!(
             "{} of {total} images neither audited nor listed as failed",

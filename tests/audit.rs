@@ -453,6 +453,20 @@ fn audit_finds_flips_copies_and_leakage() {
     let csv = std::fs::read_to_string(out1.join("mislabels.csv")).unwrap();
     assert!(csv.starts_with("path,given,suggested,score\n"));
     assert_eq!(csv.lines().count(), 1 + r.mislabels.issues.len());
+    // The CLI (out2) opens the likely mislabels on the review page: one card each, suggested
+    // class first, given class second.
+    let review_rows =
+        cliplabel::jobs::rows::read_label_rows(&out2.join("mislabels.review.csv")).unwrap();
+    assert_eq!(review_rows.len(), r.mislabels.issues.len());
+    for (row, issue) in review_rows.iter().zip(&r.mislabels.issues) {
+        assert_eq!(row.label, r.classes[issue.suggested]);
+        assert_eq!(row.top[1].0, r.classes[issue.given]);
+    }
+    assert!(out2.join("review/index.html").is_file());
+    assert!(stderr.contains(&format!(
+        "review the {} likely mislabels in",
+        r.mislabels.issues.len()
+    )));
     let md = std::fs::read_to_string(out1.join("report.md")).unwrap();
     let leak_at = md.find("## Train/test leakage").unwrap();
     assert!(leak_at < md.find("## Likely mislabels").unwrap());

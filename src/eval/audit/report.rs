@@ -127,6 +127,7 @@ fn cell(s: &str) -> String {
 /// Writes `report.md` and the CSVs into `dir` (created if missing); returns the counts.
 ///
 /// Files: `mislabels.csv` (`path,given,suggested,score`, most suspicious first),
+/// `mislabels.review.csv` (the same images as label rows for `cliplabel review`),
 /// `noise.csv` (per class), `leakage.csv`, `near_duplicates.csv`, `exact_duplicates.csv`,
 /// `outliers.csv`, `failures.csv`, `report.md`.
 pub fn write_report(dir: &Path, r: &AuditResult) -> Result<AuditSummary> {
@@ -154,6 +155,28 @@ pub fn write_report(dir: &Path, r: &AuditResult) -> Result<AuditSummary> {
                     class(i.given),
                     class(i.suggested),
                     format!("{:.6}", i.score),
+                ]
+            })
+            .collect(),
+    )?;
+    // The same findings as label rows (suggested class first, given class second) for the
+    // review page, where each can be accepted, corrected or marked "not any class".
+    let k = r.classes.len();
+    let prob = |i: usize, c: usize| r.probs.get(i * k + c).copied().unwrap_or(f32::NAN);
+    put(
+        "mislabels.review.csv",
+        &["path", "label", "score", "label2", "score2", "predicted"],
+        r.mislabels
+            .issues
+            .iter()
+            .map(|i| {
+                vec![
+                    p(i.index),
+                    class(i.suggested),
+                    format!("{:.6}", prob(i.index, i.suggested)),
+                    class(i.given),
+                    format!("{:.6}", prob(i.index, i.given)),
+                    class(i.suggested),
                 ]
             })
             .collect(),
