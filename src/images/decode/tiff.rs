@@ -393,6 +393,32 @@ fn ycc_to_rgb(ycc: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// Where an image's chunks are and how large each is: `(tiled, offsets tag, byte counts tag,
+/// chunk width, chunk height)` for tiles, or for strips (the image's width, RowsPerStrip rows).
+fn chunk_layout(
+    dec: &mut Decoder<Cursor<&[u8]>>,
+    w: u32,
+    h: u32,
+) -> Result<(bool, Tag, Tag, u32, u32), DecodeError> {
+    let tiled = dec.find_tag(Tag::TileOffsets).map_err(terr)?.is_some();
+    Ok(if tiled {
+        (
+            true,
+            Tag::TileOffsets,
+            Tag::TileByteCounts,
+            dec.get_tag_u32(Tag::TileWidth).map_err(terr)?,
+            dec.get_tag_u32(Tag::TileLength).map_err(terr)?,
+        )
+    } else {
+        let rps = dec
+            .find_tag_unsigned::<u32>(Tag::RowsPerStrip)
+            .map_err(terr)?
+            .unwrap_or(h)
+            .min(h);
+        (false, Tag::StripOffsets, Tag::StripByteCounts, w, rps)
+    })
+}
+
 /// JPEG-compressed strips or tiles (grey, RGB or YCbCr): each chunk, with the JPEGTables
 /// prepended, is decoded by [`crate::images::jpeg`] (libjpeg-turbo, colour conversion and
 /// upsampling as libtiff's JPEGCOLORMODE_RGB asks of libjpeg for Pillow), then placed in the
@@ -408,22 +434,7 @@ fn jpeg_chunks(
         Some(v) => v.into_u8_vec().map_err(terr)?,
         None => Vec::new(),
     };
-    let tiled = dec.find_tag(Tag::TileOffsets).map_err(terr)?.is_some();
-    let (offs, lens, cw, ch) = if tiled {
-        (
-            Tag::TileOffsets,
-            Tag::TileByteCounts,
-            dec.get_tag_u32(Tag::TileWidth).map_err(terr)?,
-            dec.get_tag_u32(Tag::TileLength).map_err(terr)?,
-        )
-    } else {
-        let rps = dec
-            .find_tag_unsigned::<u32>(Tag::RowsPerStrip)
-            .map_err(terr)?
-            .unwrap_or(h)
-            .min(h);
-        (Tag::StripOffsets, Tag::StripByteCounts, w, rps)
-    };
+    let (_, offs, lens, cw, ch) = chunk_layout(dec, w, h)?;
     if cw == 0 || ch == 0 {
         return Err(refuse("TIFF chunk of zero size"));
     }
@@ -622,22 +633,7 @@ fn by_hand(
         )));
     }
     let bpp = bps as usize;
-    let tiled = dec.find_tag(Tag::TileOffsets).map_err(terr)?.is_some();
-    let (offs, lens, cw, ch) = if tiled {
-        (
-            Tag::TileOffsets,
-            Tag::TileByteCounts,
-            dec.get_tag_u32(Tag::TileWidth).map_err(terr)?,
-            dec.get_tag_u32(Tag::TileLength).map_err(terr)?,
-        )
-    } else {
-        let rps = dec
-            .find_tag_unsigned::<u32>(Tag::RowsPerStrip)
-            .map_err(terr)?
-            .unwrap_or(h)
-            .min(h);
-        (Tag::StripOffsets, Tag::StripByteCounts, w, rps)
-    };
+    let (tiled, offs, lens, cw, ch) = chunk_layout(dec, w, h)?;
     if cw == 0 || ch == 0 || (tiled && !(cw as usize * bpp).is_multiple_of(8)) {
         return Err(refuse("TIFF chunk size is zero or not byte-aligned"));
     }
