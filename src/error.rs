@@ -146,6 +146,51 @@ impl From<crate::util::safetensors_io::SafetensorsError> for Error {
     }
 }
 
+/// The broad class of an [`Error`], for callers that react by class rather than by variant:
+/// the binary's exit codes and the Python package's exception classes are chosen from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The model directory, checkpoint, tokenizer or hub id is unusable.
+    Model,
+    /// The user's inputs are unusable: images, prompts, labels, data sets, head files.
+    Input,
+    /// An output could not be written safely (exists, not writable, incomplete).
+    Output,
+    /// Reading or writing a named file failed at the operating-system level.
+    Io,
+    /// A bug: an inconsistent computation or a run whose images do not add up.
+    Internal,
+}
+
+impl Error {
+    /// The broad class of this error (see [`ErrorKind`]). A run stopped part-way has the
+    /// kind of the error that stopped it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { .. } => ErrorKind::Io,
+            Error::MissingModelFile { .. }
+            | Error::Config { .. }
+            | Error::MissingTensor { .. }
+            | Error::TensorShape { .. }
+            | Error::TensorDtype { .. }
+            | Error::Safetensors { .. }
+            | Error::Tokenizer { .. }
+            | Error::Hub(_) => ErrorKind::Model,
+            Error::Json { .. }
+            | Error::Image { .. }
+            | Error::Input(_)
+            | Error::Prompt(_)
+            | Error::Head(_)
+            | Error::Calibration(_)
+            | Error::Audit(_) => ErrorKind::Input,
+            Error::Output { .. } | Error::Report(_) => ErrorKind::Output,
+            Error::Unaccounted { .. } | Error::Candle(_) => ErrorKind::Internal,
+            Error::Stopped { cause, .. } => cause.kind(),
+        }
+    }
+}
+
 /// Shorthand for results carrying [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -165,5 +210,37 @@ impl Error {
             field: field.to_string(),
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_run_has_the_kind_of_its_cause() {
+        let missing = Error::MissingTensor {
+            path: "m/model.safetensors".into(),
+            tensor: "logit_scale".into(),
+        };
+        assert_eq!(missing.kind(), ErrorKind::Model);
+        let stopped = Error::Stopped {
+            done: 1,
+            total: 3,
+            not_done: 2,
+            cause: Box::new(Error::Output {
+                path: "out.csv".into(),
+                message: "disk full".into(),
+            }),
+        };
+        assert_eq!(stopped.kind(), ErrorKind::Output);
+        assert_eq!(
+            Error::io("a.png", std::io::Error::other("x")).kind(),
+            ErrorKind::Io
+        );
+        assert_eq!(
+            Error::Input("nothing to do".into()).kind(),
+            ErrorKind::Input
+        );
     }
 }
