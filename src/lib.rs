@@ -18,7 +18,8 @@
 //!   turn scores into labels.
 //! - **The commands' entry points**, which report progress through callbacks and print nothing:
 //!   [`label_zero_shot`] and [`predict_with_head`] ([`JobOptions`], [`JobEvent`], [`Summary`]);
-//!   [`embed_image_files`] and [`embed_text_file`] ([`EmbedOptions`], [`EmbedEvent`]);
+//!   [`embed_image_files`] and [`embed_text_file`] ([`EmbedOptions`], [`EmbedEvent`]), and
+//!   [`embed_image_rows`] ([`ImageEmbeddings`]) for embeddings kept in memory;
 //!   [`fit_head`] ([`FitHeadOptions`]); [`compare_sets`] ([`CompareSets`], [`CompareOptions`],
 //!   [`Shots`]) with [`write_report`]; [`merge`] of a sharded run; [`collect_images`] and
 //!   [`ShardRequest::select`] choose a task's images.
@@ -59,8 +60,8 @@ pub use images::inputs::collect_images;
 pub use jobs::cluster::merge::{merge, MergeOptions, MergeReport};
 pub use jobs::cluster::shard::{Selection, Shard, ShardRequest};
 pub use jobs::embed::{
-    embed_image_files, embed_text_file, read_embeddings, EmbedEvent, EmbedOptions, EmbedSummary,
-    EmbeddingKind, EmbeddingsSidecar,
+    embed_image_files, embed_image_rows, embed_text_file, read_embeddings, EmbedEvent,
+    EmbedOptions, EmbedSummary, EmbeddingKind, EmbeddingsSidecar, ImageEmbeddings,
 };
 pub use jobs::fit::{fit_head, FitHeadOptions, FitSummary};
 pub use jobs::label::{label_zero_shot, predict_with_head, JobEvent, JobOptions, Summary};

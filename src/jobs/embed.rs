@@ -76,6 +76,61 @@ pub struct EmbedSummary {
     pub kind: EmbeddingKind,
 }
 
+/// Image embeddings in memory: the rows of the images that were embedded, in input order,
+/// and the images that failed with the reason; every input is in one of the two.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageEmbeddings {
+    /// `paths.len() * dim` values, one row per entry of `paths`.
+    pub rows: Vec<f32>,
+    /// The images embedded, in input order.
+    pub paths: Vec<PathBuf>,
+    /// The images that failed, with the reason (without the path).
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// Embeds image files in batches into memory (the `embed` command's work before writing, also
+/// what the Python package's `Engine.embed_images` calls), checking that every input is in
+/// `paths` or `failed`. `progress` sees each failure as it is found and each finished batch.
+pub fn embed_image_rows(
+    engine: &Engine,
+    paths: Vec<PathBuf>,
+    batch_size: usize,
+    features: Features,
+    progress: &mut dyn FnMut(EmbedEvent<'_>) -> Result<()>,
+) -> Result<ImageEmbeddings> {
+    let total = paths.len();
+    let mut out = ImageEmbeddings::default();
+    let mut done = 0usize;
+    let run = embed_images(engine, paths, batch_size, features, |b| {
+        done += b.ok.len() + b.failed.len();
+        if let Some(t) = &b.embeddings {
+            out.rows.extend(t.flatten_all()?.to_vec1::<f32>()?);
+        }
+        out.paths.extend(b.ok);
+        for (p, e) in b.failed {
+            let f = Failure {
+                path: path_text(&p),
+                error: e,
+            };
+            progress(EmbedEvent::Failed(&f))?;
+            out.failed.push((p, f.error));
+        }
+        progress(EmbedEvent::Embedded { done, total })
+    });
+    if let Err(e) = run {
+        // Nothing is returned: every image of this run is left undone.
+        return Err(stopped(done, total, e));
+    }
+    Tally {
+        inputs: total,
+        done: out.paths.len(),
+        failed: out.failed.len(),
+        ..Tally::default()
+    }
+    .check("embed")?;
+    Ok(out)
+}
+
 /// Embeds image files in batches and writes them (with the failures) to `opts.out`.
 pub fn embed_image_files(
     engine: &Engine,
@@ -83,40 +138,20 @@ pub fn embed_image_files(
     opts: &EmbedOptions,
     progress: &mut dyn FnMut(EmbedEvent<'_>),
 ) -> Result<EmbedSummary> {
-    let total = paths.len();
-    let mut rows = Vec::new();
-    let mut items = Vec::new();
-    let mut failed = Vec::new();
-    let mut done = 0usize;
-    let run = embed_images(engine, paths, opts.batch_size, opts.features, |b| {
-        done += b.ok.len() + b.failed.len();
-        if let Some(t) = &b.embeddings {
-            rows.extend(t.flatten_all()?.to_vec1::<f32>()?);
-        }
-        items.extend(b.ok.iter().map(|p| path_text(p)));
-        for (p, e) in b.failed {
-            let f = Failure {
-                path: path_text(&p),
-                error: e,
-            };
-            progress(EmbedEvent::Failed(&f));
-            failed.push(f);
-        }
-        progress(EmbedEvent::Embedded { done, total });
+    let e = embed_image_rows(engine, paths, opts.batch_size, opts.features, &mut |ev| {
+        progress(ev);
         Ok(())
-    });
-    if let Err(e) = run {
-        // Nothing is written: every image of this run is left undone.
-        return Err(stopped(done, total, e));
-    }
-    Tally {
-        inputs: total,
-        done: items.len(),
-        failed: failed.len(),
-        ..Tally::default()
-    }
-    .check("embed")?;
-    finish(engine, opts, rows, items, failed, EmbeddingKind::Image)
+    })?;
+    let items = e.paths.iter().map(|p| path_text(p)).collect();
+    let failed = e
+        .failed
+        .into_iter()
+        .map(|(p, error)| Failure {
+            path: path_text(&p),
+            error,
+        })
+        .collect();
+    finish(engine, opts, e.rows, items, failed, EmbeddingKind::Image)
 }
 
 /// Embeds the prompts of `text_file` (one per line) and writes them to `opts.out`.
