@@ -1256,7 +1256,8 @@ fn compare<'py>(
         return Err(err);
     }
     let results = lib(py, results)?;
-    let text = serde_json::to_string(&results).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let file = cliplabel::eval::report::ResultsFile::new(&results);
+    let text = serde_json::to_string(&file).map_err(|e| PyValueError::new_err(e.to_string()))?;
     let dict = py.import("json")?.call_method1("loads", (text,))?;
     dict.set_item("failed", failed)?;
     Ok(dict)

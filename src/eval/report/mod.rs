@@ -220,6 +220,18 @@ pub struct ResultsFile {
     pub summary: Vec<RunSummary>,
 }
 
+impl ResultsFile {
+    /// The contents of `results.json` for `r` (what [`write_report`] writes; the Python
+    /// package's `compare` returns it as a dict).
+    pub fn new(r: &CompareResults) -> Self {
+        ResultsFile {
+            results: r.clone(),
+            mean_train_per_class: mean_train_per_class(r),
+            summary: summarize(r),
+        }
+    }
+}
+
 /// Index of the best run (highest mean top-1, first on ties) of each family, in order of first
 /// appearance.
 fn best_per_family(r: &CompareResults) -> Vec<usize> {
@@ -317,11 +329,7 @@ pub fn write_report(dir: &Path, r: &CompareResults) -> Result<(), ReportError> {
     let svg_path = dir.join("shots.svg");
     let png_path = dir.join("shots.png");
 
-    let file = ResultsFile {
-        results: r.clone(),
-        mean_train_per_class: mean_train_per_class(r),
-        summary: summarize(r),
-    };
+    let file = ResultsFile::new(r);
     let json = to_json_pretty(&file).map_err(|source| ReportError::Json {
         path: json_path.clone(),
         source,
