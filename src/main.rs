@@ -240,6 +240,11 @@ struct ModelArgs {
     /// (Pillow's decompression-bomb limit by default).
     #[arg(long, default_value_t = cliplabel::images::limits::DEFAULT_MAX_PIXELS, value_name = "N")]
     max_pixels: u64,
+    /// Arithmetic of the encoders' linear layers: fp32 (exact, the default), bf16 or int8
+    /// (faster, approximate; falls back to the next precision, with a note, where this CPU
+    /// lacks the instructions).
+    #[arg(long, default_value = "fp32", value_name = "fp32|bf16|int8")]
+    precision: cliplabel::clip::kernels::precision::Precision,
 }
 
 #[derive(Args)]
@@ -290,7 +295,11 @@ impl From<FeatureArg> for Features {
 
 fn load_engine(m: &ModelArgs) -> anyhow::Result<Engine> {
     cliplabel::configure_threads(m.threads)?;
-    let mut engine = Engine::load(&m.model, &cliplabel::default_device())?;
+    let mut engine =
+        Engine::load_with_precision(&m.model, &cliplabel::default_device(), m.precision)?;
+    if let Some(note) = engine.model.precision_note() {
+        eprintln!("note: {note}");
+    }
     engine.max_pixels = m.max_pixels;
     Ok(engine)
 }

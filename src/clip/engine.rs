@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 
 use crate::clip::checkpoint::Checkpoint;
 use crate::clip::config::{ClipConfig, ModelFiles, PreprocessConfig};
+use crate::clip::kernels::precision::Precision;
 use crate::clip::model::ClipModel;
 use crate::clip::tokenizer::ClipTokenizer;
 use crate::error::{Error, Result};
@@ -126,12 +127,27 @@ fn prefix_groups(encoded: &[Vec<u32>], min_group: usize) -> Vec<(usize, Vec<usiz
 impl Engine {
     /// Resolves `--model` (a directory or hub id) and loads everything on `device`.
     pub fn load(spec: &str, device: &Device) -> Result<Self> {
+        Self::load_with_precision(spec, device, Precision::Fp32)
+    }
+
+    /// As [`Engine::load`], with the encoders' linear layers in `precision` where this CPU
+    /// allows (else the next lower one; `model.precision_note()` says why).
+    pub fn load_with_precision(spec: &str, device: &Device, precision: Precision) -> Result<Self> {
         let files = crate::clip::hub::resolve_model(spec)?;
-        Self::from_files(&files, device)
+        Self::from_files_with_precision(&files, device, precision)
     }
 
     /// Loads a model from resolved files.
     pub fn from_files(files: &ModelFiles, device: &Device) -> Result<Self> {
+        Self::from_files_with_precision(files, device, Precision::Fp32)
+    }
+
+    /// As [`Engine::from_files`], in `precision` (see [`Engine::load_with_precision`]).
+    pub fn from_files_with_precision(
+        files: &ModelFiles,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
         let config = ClipConfig::from_file(&files.config)?;
         let preprocess = match &files.preprocessor {
             Some(p) => PreprocessConfig::from_value(
@@ -162,11 +178,12 @@ impl Engine {
             &config.text,
         )?;
         let ckpt = Checkpoint::open(&files.weights)?;
-        let model = ClipModel::load_with(
+        let model = ClipModel::load_with_precision(
             config,
             &ckpt,
             device,
             crate::clip::model::Kernels::from_env(),
+            precision,
         )?;
         Ok(Engine {
             model,
