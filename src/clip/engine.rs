@@ -185,12 +185,17 @@ impl Engine {
             crate::clip::model::Kernels::from_env(),
             precision,
         )?;
+        let precision = model.precision();
         Ok(Engine {
             model,
             tokenizer,
             preprocess,
             source: files.source.clone(),
-            fingerprint: fingerprint(files)?,
+            // Embeddings of another precision must never be served from a cache for fp32.
+            fingerprint: match precision {
+                Precision::Fp32 => fingerprint(files)?,
+                p => format!("{}-{p}", fingerprint(files)?),
+            },
             max_pixels: DEFAULT_MAX_PIXELS,
         })
     }
