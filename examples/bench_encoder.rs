@@ -55,6 +55,9 @@ struct Args {
     /// Template file, `{}` marks the class name (text mode).
     #[arg(long, default_value = "prompts/imagenet80.txt")]
     templates: PathBuf,
+    /// Arithmetic of the encoders' linear layers: fp32, bf16 or int8.
+    #[arg(long, default_value = "fp32")]
+    precision: cliplabel::clip::kernels::precision::Precision,
     /// Prompts per text batch (text mode; `cliplabel embed --text-file` uses 8 × --batch-size = 256).
     #[arg(long, default_value_t = 256)]
     text_batch: usize,
@@ -265,7 +268,7 @@ fn main() -> anyhow::Result<()> {
     cliplabel::configure_threads(a.threads)?;
     let threads = a.threads.unwrap_or_else(rayon::current_num_threads);
     let load = Instant::now();
-    let engine = Engine::load(&a.model, &candle_core::Device::Cpu)?;
+    let engine = Engine::load_with_precision(&a.model, &candle_core::Device::Cpu, a.precision)?;
     let load_s = load.elapsed().as_secs_f64();
     let mut v = if a.text {
         bench_text(&engine, &a, threads)?
@@ -273,6 +276,10 @@ fn main() -> anyhow::Result<()> {
         bench_images(&engine, &a, threads)?
     };
     v["load_seconds"] = serde_json::json!(load_s);
+    v["precision"] = serde_json::json!(engine.model.precision());
+    if let Some(note) = engine.model.precision_note() {
+        v["precision_note"] = serde_json::json!(note);
+    }
     println!("{v}");
     Ok(())
 }

@@ -21,7 +21,7 @@ const KC2: usize = 384;
 /// Most column panels one task computes.
 const NC: usize = 24;
 
-/// Whether this CPU can run the bf16 kernels (AVX-512F and AVX512-BF16).
+/// Whether this CPU can run the bf16 kernels (AVX-512F, BW, VL and AVX512-BF16).
 pub fn available() -> bool {
     crate::clip::kernels::precision::Caps::detect().bf16
 }
@@ -153,13 +153,8 @@ impl PackedBf16 {
         let mut a = vec![0u32; m * lda];
         a.par_chunks_mut(lda)
             .zip(x.par_chunks(k.max(1)))
-            .for_each(|(d, s)| {
-                for (d, pair) in d.iter_mut().zip(s.chunks(2)) {
-                    let lo = to_bf16(pair[0]) as u32;
-                    let hi = pair.get(1).map_or(0, |&v| to_bf16(v) as u32);
-                    *d = lo | (hi << 16);
-                }
-            });
+            // SAFETY: `available()` was asserted above; `d` holds `ceil(k / 2)` pairs.
+            .for_each(|(d, s)| unsafe { x86::round_row(s, d) });
         let out_ptr = SendPtr(out);
         for_each_tile(m, n, |q, rows, p, cols| {
             let out_ptr = &out_ptr;
@@ -251,6 +246,38 @@ mod x86 {
     use super::NR;
     use crate::clip::kernels::simd::avx512::quick_gelu;
     use std::arch::x86_64::*;
+
+    /// [`super::to_bf16`] of each value of `x`, written as consecutive 16-bit halves of `out`
+    /// (an odd tail's high half left as it is), 16 lanes at a time.
+    ///
+    /// # Safety
+    /// AVX-512F, BW and VL available; `out` holds at least `ceil(x.len() / 2)` pairs.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn round_row(x: &[f32], out: &mut [u32]) {
+        assert!(out.len() * 2 >= x.len());
+        let (k, xp, op) = (x.len(), x.as_ptr(), out.as_mut_ptr().cast::<u16>());
+        let round = |v: __m512| {
+            let b = _mm512_castps_si512(v);
+            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+            let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+                b,
+                _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)),
+            ));
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
+            _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, r, quiet))
+        };
+        for c in 0..k / 16 {
+            _mm256_storeu_si256(
+                op.add(16 * c).cast(),
+                round(_mm512_loadu_ps(xp.add(16 * c))),
+            );
+        }
+        let tail = k % 16;
+        let tmask: __mmask16 = ((1u32 << tail) - 1) as u16;
+        let r = round(_mm512_maskz_loadu_ps(tmask, xp.add(k - tail)));
+        _mm256_mask_storeu_epi16(op.add(k - tail).cast(), tmask, r);
+    }
 
     /// `C[R x cols] (+)= A[R x kc pairs] · B[kc pairs x NR]` in fp32 from bf16 pairs: `A` rows
     /// `lda` pairs apart, `B` packed as `kk * NR + j`. With `bias`, `C` is overwritten with the
@@ -410,6 +437,33 @@ pub(crate) mod tests {
                 hi
             };
             assert_eq!(h as u32, want >> 16, "{x}");
+        }
+    }
+
+    #[test]
+    fn vector_rounding_matches_the_scalar_one() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        for k in [0, 1, 15, 16, 17, 33, 768] {
+            let mut x: Vec<f32> = values(k, k as u64).iter().map(|v| v * 1e4).collect();
+            if k > 4 {
+                x[0] = f32::from_bits(0x3f80_8000);
+                x[1] = f32::NAN;
+                x[2] = f32::MAX;
+                x[3] = -0.0;
+            }
+            let mut got = vec![0xdead_beefu32; k.div_ceil(2) + 2];
+            unsafe { x86::round_row(&x, &mut got) };
+            for (i, &v) in x.iter().enumerate() {
+                let h = (got[i / 2] >> (16 * (i % 2))) as u16;
+                assert_eq!(h, to_bf16(v), "k={k} at {i}: {v}");
+            }
+            if k % 2 == 1 {
+                assert_eq!(got[k / 2] >> 16, 0xdead, "k={k}: wrote past the row");
+            }
+            assert_eq!(got[k.div_ceil(2)], 0xdead_beef, "k={k}: wrote past the row");
         }
     }
 

@@ -63,7 +63,7 @@ impl FromStr for Precision {
 /// The instruction sets the packed kernels can use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caps {
-    /// AVX512-BF16 (`vdpbf16ps`) with AVX-512F.
+    /// AVX512-BF16 (`vdpbf16ps`) with AVX-512F, BW and VL.
     pub bf16: bool,
     /// AVX512-VNNI (`vpdpbusd`) with AVX-512F and BW.
     pub vnni: bool,
@@ -77,7 +77,7 @@ impl Caps {
             use std::arch::is_x86_feature_detected as has;
             let f = has!("avx512f");
             Caps {
-                bf16: f && has!("avx512bf16"),
+                bf16: f && has!("avx512bw") && has!("avx512vl") && has!("avx512bf16"),
                 vnni: f && has!("avx512bw") && has!("avx512vnni"),
             }
         }
