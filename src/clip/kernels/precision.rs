@@ -61,12 +61,16 @@ impl FromStr for Precision {
 }
 
 /// The instruction sets the packed kernels can use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Caps {
     /// AVX512-BF16 (`vdpbf16ps`) with AVX-512F, BW and VL.
     pub bf16: bool,
     /// AVX512-VNNI (`vpdpbusd`) with AVX-512F and BW.
     pub vnni: bool,
+    /// Multiply-adds per second of `vdpbf16ps` over those of fp32 `vfmadd` (2 where the
+    /// instruction runs at the FMA's rate; measured once, in about a millisecond, where
+    /// `bf16` holds; 0 otherwise).
+    pub bf16_rate: f64,
 }
 
 impl Caps {
@@ -75,19 +79,76 @@ impl Caps {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            let f = has!("avx512f");
-            Caps {
-                bf16: f && has!("avx512bw") && has!("avx512vl") && has!("avx512bf16"),
-                vnni: f && has!("avx512bw") && has!("avx512vnni"),
-            }
+            static CAPS: std::sync::OnceLock<Caps> = std::sync::OnceLock::new();
+            *CAPS.get_or_init(|| {
+                let f = has!("avx512f");
+                let bf16 = f && has!("avx512bw") && has!("avx512vl") && has!("avx512bf16");
+                Caps {
+                    bf16,
+                    vnni: f && has!("avx512bw") && has!("avx512vnni"),
+                    // SAFETY: AVX-512F and AVX512-BF16 are present.
+                    bf16_rate: if bf16 {
+                        unsafe { x86::bf16_rate() }
+                    } else {
+                        0.0
+                    },
+                }
+            })
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
             Caps {
                 bf16: false,
                 vnni: false,
+                bf16_rate: 0.0,
             }
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::hint::black_box;
+    use std::time::Instant;
+
+    /// Seconds for `n` rounds of 24 independent `vfmadd231ps` (`bf16` false) or `vdpbf16ps`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn chains(n: usize, bf16: bool) -> f64 {
+        let x = black_box(_mm512_set1_ps(1e-3));
+        let h: __m512bh = _mm512_cvtne2ps_pbh(x, x);
+        let mut acc = [_mm512_setzero_ps(); 24];
+        let t = Instant::now();
+        if bf16 {
+            for _ in 0..n {
+                for a in acc.iter_mut() {
+                    *a = _mm512_dpbf16_ps(*a, h, h);
+                }
+            }
+        } else {
+            for _ in 0..n {
+                for a in acc.iter_mut() {
+                    *a = _mm512_fmadd_ps(x, x, *a);
+                }
+            }
+        }
+        black_box(acc);
+        t.elapsed().as_secs_f64()
+    }
+
+    /// Multiply-add rate of `vdpbf16ps` (two per lane) over `vfmadd231ps` (one per lane): the
+    /// best of five interleaved timings of each, about a millisecond in all.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX512-BF16 available.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn bf16_rate() -> f64 {
+        let (mut f, mut b) = (f64::MAX, f64::MAX);
+        for _ in 0..5 {
+            f = f.min(chains(2000, false));
+            b = b.min(chains(2000, true));
+        }
+        2.0 * f / b.max(1e-12)
     }
 }
 
@@ -101,7 +162,14 @@ pub fn resolve(requested: Precision, packed: bool, caps: Caps) -> (Precision, Op
         Precision::Int8 => packed && caps.vnni,
     };
     if usable(requested) {
-        return (requested, None);
+        let note = (requested == Precision::Bf16 && caps.bf16_rate < 1.0).then(|| {
+            format!(
+                "precision bf16 runs as asked, but this CPU's vdpbf16ps gives {:.2}x fp32's \
+                 multiply-add rate: fp32 (or int8) is faster here",
+                caps.bf16_rate
+            )
+        });
+        return (requested, note);
     }
     let got = match requested {
         Precision::Int8 if usable(Precision::Bf16) => Precision::Bf16,
@@ -195,19 +263,35 @@ mod tests {
         let all = Caps {
             bf16: true,
             vnni: true,
+            bf16_rate: 2.0,
         };
         let none = Caps {
             bf16: false,
             vnni: false,
+            bf16_rate: 0.0,
         };
         let vnni_only = Caps {
             bf16: false,
             vnni: true,
+            bf16_rate: 0.0,
         };
         let bf16_only = Caps {
             bf16: true,
             vnni: false,
+            bf16_rate: 2.0,
         };
+        // bf16 slower than fp32 runs as asked, but says so.
+        let slow = Caps {
+            bf16_rate: 0.5,
+            ..all
+        };
+        let (got, note) = resolve(Precision::Bf16, true, slow);
+        assert_eq!(got, Precision::Bf16);
+        assert!(note.unwrap().contains("0.50x"));
+        assert_eq!(
+            resolve(Precision::Int8, true, slow),
+            (Precision::Int8, None)
+        );
         for p in Precision::ALL {
             assert_eq!(resolve(p, true, all), (p, None));
         }
