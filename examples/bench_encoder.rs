@@ -55,6 +55,9 @@ struct Args {
     /// Template file, `{}` marks the class name (text mode).
     #[arg(long, default_value = "prompts/imagenet80.txt")]
     templates: PathBuf,
+    /// Arithmetic of the encoders' linear layers: fp32, bf16 or int8.
+    #[arg(long, default_value = "fp32")]
+    precision: cliplabel::Precision,
     /// Prompts per text batch (text mode; `cliplabel embed --text-file` uses 8 × --batch-size = 256).
     #[arg(long, default_value_t = 256)]
     text_batch: usize,
@@ -270,7 +273,8 @@ fn main() -> anyhow::Result<()> {
     let engine = Engine::try_new(
         EngineOptions::new(&a.model)
             .device(candle_core::Device::Cpu)
-            .threads(a.threads),
+            .threads(a.threads)
+            .precision(a.precision),
     )?;
     let threads = a.threads.unwrap_or_else(rayon::current_num_threads);
     let load_s = load.elapsed().as_secs_f64();
@@ -280,6 +284,10 @@ fn main() -> anyhow::Result<()> {
         bench_images(&engine, &a, threads)?
     };
     v["load_seconds"] = serde_json::json!(load_s);
+    v["precision"] = serde_json::json!(engine.precision());
+    if let Some(note) = engine.precision_note() {
+        v["precision_note"] = serde_json::json!(note);
+    }
     println!("{v}");
     Ok(())
 }
