@@ -9,6 +9,11 @@
 //! (default `prompts/imagenet80.txt`, lines starting with `#` are comments) go through
 //! `Engine::embed_texts` once, timed (tokenisation included); a small untimed warm-up first.
 //!
+//! `--pixels FILE` takes the batch from a file of little-endian f32 (`--batch` × 3 × S × S,
+//! already normalised) instead, and `--dump FILE` writes the projected features of the last
+//! timed pass the same way, so that `scripts/bench_encoders.py` can time every contender on the
+//! same pixels and compare their outputs.
+//!
 //! Prints one JSON object on stdout.
 //!
 //! ```text
@@ -55,6 +60,15 @@ struct Args {
     /// Template file, `{}` marks the class name (text mode).
     #[arg(long, default_value = "prompts/imagenet80.txt")]
     templates: PathBuf,
+    /// Arithmetic of the encoders' linear layers: fp32, bf16 or int8.
+    #[arg(long, default_value = "fp32")]
+    precision: cliplabel::Precision,
+    /// Image mode: read the batch from this file of little-endian f32 pixels (batch × 3 × S × S).
+    #[arg(long, value_name = "FILE")]
+    pixels: Option<PathBuf>,
+    /// Image mode: write the last pass's projected features here (little-endian f32, batch × D).
+    #[arg(long, value_name = "FILE")]
+    dump: Option<PathBuf>,
     /// Prompts per text batch (text mode; `cliplabel embed --text-file` uses 8 × --batch-size = 256).
     #[arg(long, default_value_t = 256)]
     text_batch: usize,
@@ -178,8 +192,36 @@ fn bench_images(engine: &Engine, a: &Args, threads: usize) -> anyhow::Result<ser
         cliplabel::clip::config::CLIP_STD,
     );
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let from_file = match &a.pixels {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let per = 3 * size * size * 4;
+            anyhow::ensure!(
+                bytes.len() == a.batch.max(1) * per,
+                "{}: {} bytes, but --batch {} of 3x{size}x{size} f32 needs {}",
+                p.display(),
+                bytes.len(),
+                a.batch,
+                a.batch.max(1) * per
+            );
+            Some(bytes)
+        }
+        None => None,
+    };
     let batch: Vec<Pixels> = (0..a.batch.max(1))
-        .map(|_| {
+        .map(|i| {
+            if let Some(bytes) = &from_file {
+                let per = 3 * size * size;
+                let data = bytes[i * per * 4..(i + 1) * per * 4]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                return Pixels {
+                    height: size,
+                    width: size,
+                    data,
+                };
+            }
             let mut data = Vec::with_capacity(3 * size * size);
             for c in 0..3 {
                 for _ in 0..size * size {
@@ -197,6 +239,7 @@ fn bench_images(engine: &Engine, a: &Args, threads: usize) -> anyhow::Result<ser
         engine.embed_pixels(&batch, Features::Projected)?;
     }
     let mut per_iter = Vec::with_capacity(a.iters);
+    let mut last = None;
     let start = Instant::now();
     for _ in 0..a.iters.max(1) {
         let t = Instant::now();
@@ -204,8 +247,14 @@ fn bench_images(engine: &Engine, a: &Args, threads: usize) -> anyhow::Result<ser
         // Make sure the result is materialised (candle is eager on CPU, but be explicit).
         let _ = out.dims();
         per_iter.push(t.elapsed().as_secs_f64());
+        last = Some(out);
     }
     let secs = start.elapsed().as_secs_f64();
+    if let (Some(path), Some(out)) = (&a.dump, last) {
+        let values: Vec<f32> = out.flatten_all()?.to_vec1()?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(path, bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
     let images = batch.len() * per_iter.len();
     Ok(serde_json::json!({
         "mode": "image",
@@ -270,7 +319,8 @@ fn main() -> anyhow::Result<()> {
     let engine = Engine::try_new(
         EngineOptions::new(&a.model)
             .device(candle_core::Device::Cpu)
-            .threads(a.threads),
+            .threads(a.threads)
+            .precision(a.precision),
     )?;
     let threads = a.threads.unwrap_or_else(rayon::current_num_threads);
     let load_s = load.elapsed().as_secs_f64();
@@ -280,6 +330,10 @@ fn main() -> anyhow::Result<()> {
         bench_images(&engine, &a, threads)?
     };
     v["load_seconds"] = serde_json::json!(load_s);
+    v["precision"] = serde_json::json!(engine.precision());
+    if let Some(note) = engine.precision_note() {
+        v["precision_note"] = serde_json::json!(note);
+    }
     println!("{v}");
     Ok(())
 }

@@ -9,8 +9,9 @@ then on the SAME data and grid:
 1. runs the Rust driver (``examples/bench_fit.rs``: stratified K-fold CV over the C grid
    with warm starts, refit at the chosen C), which also writes its fold assignment;
 2. runs ``LogisticRegressionCV(solver="lbfgs")`` with those same folds
-   (``PredefinedSplit``), the same C grid, tol and max_iter (it also warm-starts along
-   the C path and refits at the chosen C);
+   (``PredefinedSplit``), the same C grid, tol (default 1e-6, the tolerance ``cliplabel fit``
+   uses) and max_iter (it also warm-starts along the C path and refits at the chosen C), with
+   ``n_jobs`` equal to the cores, so its folds run in parallel as cliplabel's do;
 
 and prints wall time, chosen C, CV accuracy and held-out test accuracy side by side.
 
@@ -58,7 +59,10 @@ def main():
     ap.add_argument("--noise", type=float, default=2.5)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--grid", type=float, nargs="+", default=list(np.logspace(-1, 4, 8)))
-    ap.add_argument("--tol", type=float, default=1e-4)
+    # 1e-6 is what `cliplabel fit` uses (TrainOptions::default, src/classify/head.rs).
+    ap.add_argument("--tol", type=float, default=1e-6)
+    ap.add_argument("--n-jobs", type=int, default=len(os.sched_getaffinity(0)),
+                    help="scikit-learn's n_jobs (default: the cores this process may use, as cliplabel)")
     ap.add_argument("--max-iter", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rust-cmd", default="cargo run --release --quiet --example bench_fit --")
@@ -127,6 +131,7 @@ def main():
             scoring="accuracy",
             use_legacy_attributes=False,
             refit=True,
+            n_jobs=args.n_jobs,
         )
         t = time.perf_counter()
         clf.fit(xtr, ytr)
@@ -137,7 +142,7 @@ def main():
         iters = int(np.asarray(clf.n_iter_).sum())
         blas = ", ".join(f"{i['internal_api']} {i.get('num_threads')} threads" for i in threadpool_info())
         rows.append((f"scikit-learn {sklearn.__version__}", secs, float(clf.C_), float(scores[best]), test_acc, iters))
-        print(f"sklearn: {secs:.1f} s ({blas}); per C: "
+        print(f"sklearn: {secs:.1f} s (n_jobs {args.n_jobs}; {blas}); per C: "
               + ", ".join(f"{c:.3g}: {s:.4f}" for c, s in zip(grid, scores)), flush=True)
 
     print()

@@ -35,16 +35,25 @@ number `/usr/bin/time -v` prints as "Maximum resident set size"), all with threa
       imports, model load, work, output); "steady" = (N - 1) / (wall(N) - wall(1)), i.e. with
       process start-up and model load removed the same way for both (wall(1): the median over
       repeats of a 1-image run, which is repeated with every repeat). transformers' in-process loop rate is also kept in the JSON.
+      A third contender runs transformers with Pillow in a torch DataLoader with --threads
+      worker processes (decoding and preprocessing overlap the model, as a tuned PyTorch input
+      pipeline does).
   (b) encoder only, random normalised pixels, for each batch size: cliplabel
       (examples/bench_encoder.rs, Engine::embed_pixels) vs PyTorch (get_image_features) vs
       ONNX Runtime (intra_op_num_threads = threads, sequential, all graph optimisations).
+      Lower precisions too (unless --no-precisions): cliplabel --precision bf16 and int8,
+      PyTorch under torch.autocast("cpu", bfloat16), ONNX Runtime on quantize_dynamic's QInt8
+      model of the same export, OpenVINO on the same ONNX file with INFERENCE_PRECISION_HINT
+      f32 and bf16. Their fidelity (cosine to fp32 on the same pixels) is measured by
+      scripts/bench_encoders.py, which needs no torch.
       One untimed warm-up pass, then enough passes for about --encoder-images images.
   (c) text: --text-classes class names x the 80 templates of prompts/imagenet80.txt
       (1,000 x 80 = 80,000 prompts by default) in batches of --text-batch:
       cliplabel (bench_encoder --text: Engine::embed_texts, prompts sorted by length, each batch
       padded to its longest) vs transformers with padding=True (each batch padded to its longest,
-      prompts in class order, as tools do) vs transformers with padding="max_length" (77, the
-      naive way). padding="max_length" is about 8x the work, so by default it runs on the first
+      prompts in class order, as tools do) vs transformers with padding=True on prompts sorted by
+      token count (cliplabel's batching, so the ratio to it is the implementation alone, not the
+      algorithm) vs transformers with padding="max_length" (77, the naive way). padding="max_length" is about 8x the work, so by default it runs on the first
       --pad77-classes classes only and its time for the full set is extrapolated (marked).
 Contenders are interleaved: every repeat runs each contender once, in an order rotated per
 repeat, and the tables show medians over repeats. Text is slow (tens of minutes per repeat on two
@@ -62,7 +71,8 @@ tests/fixtures/tiny-clip, --class a --class b, --no-cache) on 2,000 and on 20,00
 whether memory stays flat as the count grows. Writes scratch/bench-memory.{md,json}.
 
 Timings are only meaningful on an otherwise idle machine: the load average is recorded before
-and after, and a warning is printed when it was high.
+and after, and a warning is printed when it was high before the benchmark started (at the end
+the load average includes the benchmark's own contenders).
 """
 
 from __future__ import annotations
@@ -157,6 +167,22 @@ def _features(out):
     return out.pooler_output if hasattr(out, "pooler_output") else out
 
 
+class _PilDataset:
+    """One preprocessed image per item, for a torch DataLoader whose workers run Pillow."""
+
+    def __init__(self, paths, proc):
+        self.paths, self.proc = paths, proc
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            return self.proc(images=im, return_tensors="pt")["pixel_values"][0]
+
+
 def child_torch_e2e(a: dict) -> dict:
     t0 = time.perf_counter()
     import numpy as np
@@ -174,8 +200,16 @@ def child_torch_e2e(a: dict) -> dict:
     t1 = time.perf_counter()
     feats = []
     b = a["batch"]
+    workers = a.get("workers", 0)
+    if workers:
+        # Pillow decoding and preprocessing in `workers` processes, batches prefetched, as a
+        # tuned PyTorch input pipeline does; the model keeps `threads` threads.
+        loader = torch.utils.data.DataLoader(_PilDataset(paths, proc), batch_size=b, num_workers=workers)
+        with torch.inference_mode():
+            for px in loader:
+                feats.append(_features(model.get_image_features(pixel_values=px)).numpy())
     with torch.inference_mode():
-        for i in range(0, len(paths), b):
+        for i in range(0, len(paths) if not workers else 0, b):
             imgs = [Image.open(p) for p in paths[i : i + b]]
             px = proc(images=imgs, return_tensors="pt")["pixel_values"]
             feats.append(_features(model.get_image_features(pixel_values=px)).numpy())
@@ -187,6 +221,7 @@ def child_torch_e2e(a: dict) -> dict:
     return {
         "images": len(paths),
         "processor": type(proc).__name__,
+        "workers": workers,
         "import_load_s": t1 - t0,
         "loop_s": t2 - t1,
         "save_s": t3 - t2,
@@ -206,7 +241,11 @@ def child_torch_encoder(a: dict) -> dict:
     x = torch.randn(a["batch"], 3, size, size, generator=g)
     iters = _encoder_iters(a)
     per = []
-    with torch.inference_mode():
+    import contextlib
+
+    # bf16: autocast runs the linear layers and matmuls in bf16 (oneDNN), the rest in fp32.
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if a.get("bf16") else contextlib.nullcontext()
+    with torch.inference_mode(), cast:
         _features(model.get_image_features(pixel_values=x))  # warm-up
         t0 = time.perf_counter()
         for _ in range(iters):
@@ -246,6 +285,35 @@ def child_ort_encoder(a: dict) -> dict:
             "seconds_per_iter": per}
 
 
+def child_ov_encoder(a: dict) -> dict:
+    import numpy as np
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(a["onnx"])
+    size = 224
+    model.reshape({model.inputs[0].get_any_name(): [a["batch"], 3, size, size]})
+    compiled = core.compile_model(model, "CPU", {
+        "INFERENCE_PRECISION_HINT": a["precision"],
+        "INFERENCE_NUM_THREADS": a["threads"],
+        "PERFORMANCE_HINT": "LATENCY",
+    })
+    req = compiled.create_infer_request()
+    x = np.random.default_rng(0).standard_normal((a["batch"], 3, size, size), dtype=np.float32)
+    iters = _encoder_iters(a)
+    req.infer({0: x})  # warm-up
+    per = []
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        t = time.perf_counter()
+        req.infer({0: x})
+        per.append(time.perf_counter() - t)
+    secs = time.perf_counter() - t0
+    n = a["batch"] * iters
+    return {"batch": a["batch"], "iters": iters, "seconds": secs, "images_per_s": n / secs,
+            "seconds_per_iter": per, "precision": a["precision"]}
+
+
 def child_torch_text(a: dict) -> dict:
     torch = _torch_setup(a["threads"])
     from transformers import CLIPTokenizerFast
@@ -259,11 +327,18 @@ def child_torch_text(a: dict) -> dict:
                   truncation=True)
     else:
         kw = dict(padding=True, truncation=True)
+    if a["padding"] == "sorted":
+        # As cliplabel does: prompts sorted by token count, so each batch pads little (the
+        # sort's tokenisation is timed too, below).
+        kw = dict(padding=True, truncation=True)
     tokens = 0
     with torch.inference_mode():
         enc = tok(prompts[: min(32, b)], return_tensors="pt", **kw)  # warm-up
         _features(model.get_text_features(**enc))
         t0 = time.perf_counter()
+        if a["padding"] == "sorted":
+            lengths = [len(ids) for ids in tok(prompts, truncation=True)["input_ids"]]
+            prompts = [p for _, p in sorted(zip(lengths, prompts), key=lambda t: t[0])]
         for i in range(0, len(prompts), b):
             enc = tok(prompts[i : i + b], return_tensors="pt", **kw)
             tokens += enc["input_ids"].numel()
@@ -353,6 +428,7 @@ CHILDREN = {
     "torch-e2e": child_torch_e2e,
     "torch-encoder": child_torch_encoder,
     "ort-encoder": child_ort_encoder,
+    "ov-encoder": child_ov_encoder,
     "torch-text": child_torch_text,
     "make-model": child_make_model,
     "export-onnx": child_export_onnx,
@@ -623,30 +699,43 @@ def task_cliplabel_e2e(paths_file, n, b, t):
     return run
 
 
-def task_torch_e2e(paths_file, n, b, t):
+def task_torch_e2e(paths_file, n, b, t, workers=0):
     def run():
         return run_child("torch-e2e", {"model": MODEL_DIR, "list": paths_file, "batch": b, "threads": t,
+                                       "workers": workers,
                                        "out": os.path.join(OUT_DIR, "torch-e2e.safetensors")},
-                         f"transformers e2e n={n} b={b}", t)
+                         f"transformers e2e n={n} b={b} workers={workers}", t)
     return run
 
 
-def task_cliplabel_encoder(b, t, images, min_iters):
+def task_cliplabel_encoder(b, t, images, min_iters, precision="fp32"):
     iters = max(min_iters, -(-images // b))
 
     def run():
-        r = run_proc([BENCH_ENCODER, MODEL_DIR, "--batch", str(b), "--iters", str(iters), "--threads", str(t)],
-                     f"cliplabel encoder b={b}")
+        r = run_proc([BENCH_ENCODER, MODEL_DIR, "--batch", str(b), "--iters", str(iters), "--threads", str(t),
+                      "--precision", precision], f"cliplabel encoder b={b} {precision}")
         r["result"] = last_json(r["stdout"])
         return r
     return run
 
 
-def task_py_encoder(kind, b, t, images, min_iters, onnx_path=None):
+def task_py_encoder(kind, b, t, images, min_iters, onnx_path=None, **extra):
     def run():
         return run_child(kind, {"model": MODEL_DIR, "onnx": onnx_path, "batch": b, "threads": t,
-                                "images": images, "min_iters": min_iters}, f"{kind} b={b}", t)
+                                "images": images, "min_iters": min_iters, **extra},
+                         f"{kind} b={b} {extra or ''}", t)
     return run
+
+
+def ensure_onnx_int8(onnx_info: dict) -> str:
+    """ONNX Runtime's dynamic int8 quantisation of the exported graph (QInt8 weights, per-tensor
+    scales, activations quantised per batch at run time), made once."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = os.path.join(ONNX_DIR, "vision-int8.onnx")
+    if not (onnx_info.get("reused") and os.path.exists(path)):
+        quantize_dynamic(onnx_info["path"], path, weight_type=QuantType.QInt8)
+    return path
 
 
 def task_cliplabel_text(classes_file, n_classes, tb, t):
@@ -711,9 +800,13 @@ def run_benchmark(args) -> None:
     if "e2e" in sections:
         tasks.append(("e2e", "cliplabel", "startup", task_cliplabel_e2e(one_file, 1, bs[0], threads)))
         tasks.append(("e2e", "transformers", "startup", task_torch_e2e(one_file, 1, bs[0], threads)))
+        tasks.append(("e2e", "transformers-dataloader", "startup",
+                      task_torch_e2e(one_file, 1, bs[0], threads, workers=threads)))
         for b in bs:
             tasks.append(("e2e", "cliplabel", b, task_cliplabel_e2e(paths_file, n, b, threads)))
             tasks.append(("e2e", "transformers", b, task_torch_e2e(paths_file, n, b, threads)))
+            tasks.append(("e2e", "transformers-dataloader", b,
+                          task_torch_e2e(paths_file, n, b, threads, workers=threads)))
     if "encoder" in sections:
         for b in bs:
             tasks.append(("encoder", "cliplabel", b,
@@ -723,6 +816,19 @@ def run_benchmark(args) -> None:
             tasks.append(("encoder", "onnxruntime", b,
                           task_py_encoder("ort-encoder", b, threads, args.encoder_images, args.min_iters,
                                           onnx_info["path"])))
+            if args.precisions:
+                ei, mi = args.encoder_images, args.min_iters
+                tasks += [
+                    ("encoder", "cliplabel bf16", b, task_cliplabel_encoder(b, threads, ei, mi, "bf16")),
+                    ("encoder", "cliplabel int8", b, task_cliplabel_encoder(b, threads, ei, mi, "int8")),
+                    ("encoder", "pytorch bf16", b, task_py_encoder("torch-encoder", b, threads, ei, mi, bf16=True)),
+                    ("encoder", "onnxruntime int8", b,
+                     task_py_encoder("ort-encoder", b, threads, ei, mi, ensure_onnx_int8(onnx_info))),
+                    ("encoder", "openvino f32", b,
+                     task_py_encoder("ov-encoder", b, threads, ei, mi, onnx_info["path"], precision="f32")),
+                    ("encoder", "openvino bf16", b,
+                     task_py_encoder("ov-encoder", b, threads, ei, mi, onnx_info["path"], precision="bf16")),
+                ]
     text_tasks = []
     if "text" in sections:
         text_tasks = [
@@ -730,6 +836,8 @@ def run_benchmark(args) -> None:
              task_cliplabel_text(classes_file, args.text_classes, args.text_batch, threads)),
             ("text", "transformers", "padding=True (longest)",
              task_torch_text("longest", args.text_classes, args.text_batch, threads)),
+            ("text", "transformers", "padding=True, prompts sorted by length",
+             task_torch_text("sorted", args.text_classes, args.text_batch, threads)),
             ("text", "transformers", "padding=max_length (77)",
              task_torch_text("max_length", args.pad77_classes, args.text_batch, threads)),
         ]
@@ -770,13 +878,17 @@ def run_benchmark(args) -> None:
     print(f"written: scratch/{stem}.md, scratch/{stem}.json")
 
 
+ENCODER_CONTENDERS = ("cliplabel", "pytorch", "onnxruntime", "cliplabel bf16", "cliplabel int8",
+                      "pytorch bf16", "onnxruntime int8", "openvino f32", "openvino bf16")
+
+
 def summarise(runs, args, n, bs) -> dict:
     def pick(section, who, key):
         return [r for r in runs if r["section"] == section and r["contender"] == who and r["key"] == key]
 
     out = {"e2e": {}, "encoder": {}, "text": {}}
     # end to end
-    for who in ("cliplabel", "transformers"):
+    for who in ("cliplabel", "transformers", "transformers-dataloader"):
         start = pick("e2e", who, "startup")
         if not start:
             continue
@@ -799,7 +911,7 @@ def summarise(runs, args, n, bs) -> dict:
         best = max(rows, key=lambda b: rows[b]["steady_images_per_s"] or 0)
         out["e2e"][who]["best_batch"] = best
     # encoder
-    for who in ("cliplabel", "pytorch", "onnxruntime"):
+    for who in ENCODER_CONTENDERS:
         rows = {}
         for b in bs:
             rs = pick("encoder", who, b)
@@ -811,6 +923,7 @@ def summarise(runs, args, n, bs) -> dict:
             out["encoder"][who] = {"by_batch": rows, "best_batch": best}
     # text
     for who, key in (("cliplabel", "shared prefixes once, sorted, pad to longest"), ("transformers", "padding=True (longest)"),
+                     ("transformers", "padding=True, prompts sorted by length"),
                      ("transformers", "padding=max_length (77)")):
         rs = pick("text", who, key)
         if rs:
@@ -836,11 +949,13 @@ def render(res, info, args) -> str:
              f"{info['loadavg_end']}. Random full-size ViT-B/32, fp32. Medians of {args.repeats} "
              f"interleaved repeats (text: {min(args.text_repeats, args.repeats)}). "
              f"Ratios: cliplabel's rate / the other's.")
-    la = info["loadavg_start"][:1] + info["loadavg_end"][:1]
+    # Only the load before the benchmark starts says whether something else was running: the
+    # load at the end includes the benchmark's own contenders, which keep every core busy.
+    la = info["loadavg_start"][:1]
     if la and max(la) > 0.5 * info["usable_cpus"]:
         L.append("")
-        L.append(f"**Warning: the machine was busy (load average up to {max(la):.1f} on "
-                 f"{info['usable_cpus']} cores); these timings are disturbed.**")
+        L.append(f"**Warning: the machine was busy before the benchmark started (load average "
+                 f"{max(la):.1f} on {info['usable_cpus']} cores); these timings are disturbed.**")
     if args.quick:
         L.append("")
         L.append("**--quick: smoke-test counts, not a measurement.**")
@@ -876,6 +991,7 @@ def render(res, info, args) -> str:
                  f"{fmt(g(o, 'peak_rss_mib'), 0)} | | |")
     ct = txt.get("cliplabel: shared prefixes once, sorted, pad to longest")
     for key, name in (("transformers: padding=True (longest)", "padding=True"),
+                      ("transformers: padding=True, prompts sorted by length", "padding=True, sorted by length"),
                       ("transformers: padding=max_length (77)", "padding=max_length")):
         pt = txt.get(key)
         if ct and pt:
@@ -891,7 +1007,9 @@ def render(res, info, args) -> str:
                  "wall s | peak RSS MiB |")
         L.append("|---|---:|---:|---:|---:|---:|---:|")
         for who, name in (("cliplabel", "cliplabel embed"),
-                          ("transformers", "transformers (Pillow processor + get_image_features)")):
+                          ("transformers", "transformers (Pillow processor + get_image_features)"),
+                          ("transformers-dataloader",
+                           f"transformers, Pillow in a DataLoader with {args.threads} workers")):
             if who not in e2e:
                 continue
             for b, r in e2e[who]["by_batch"].items():
@@ -913,6 +1031,23 @@ def render(res, info, args) -> str:
             L.append(f"| {b} | {fmt(v['cliplabel'])} | {fmt(v['pytorch'])} | {fmt(v['onnxruntime'])} | "
                      f"{fmt(ratio(v['cliplabel'], v['pytorch']), 2)} | "
                      f"{fmt(ratio(v['cliplabel'], v['onnxruntime']), 2)} | {m} |")
+        low = [w for w in ENCODER_CONTENDERS[3:] if w in enc]
+        if low:
+            base = {b: enc["cliplabel"]["by_batch"].get(b, {}).get("images_per_s") for b in args.batch_sizes} \
+                if "cliplabel" in enc else {}
+            L.append("")
+            L.append("Lower precisions (images/s; in brackets: over cliplabel fp32 at the same batch; "
+                     "fidelity: `scripts/bench_encoders.py`):")
+            L.append("")
+            L.append("| contender | " + " | ".join(f"batch {b}" for b in args.batch_sizes) + " |")
+            L.append("|---|" + "---:|" * len(args.batch_sizes))
+            for w in low:
+                cells = []
+                for b in args.batch_sizes:
+                    x = enc[w]["by_batch"].get(b)
+                    v = x["images_per_s"] if x else None
+                    cells.append(f"{fmt(v)} ({fmt(ratio(v, base.get(b)), 2)}x)" if v else "–")
+                L.append(f"| {w} | " + " | ".join(cells) + " |")
         if res.get("onnx"):
             o = res["onnx"]
             L.append("")
@@ -1006,11 +1141,12 @@ def run_memory(args) -> None:
         a, b = [r["peak_rss_mib"] for r in rows if r["command"] == who]
         L.append(f"{who}: peak RSS x{b / a:.2f} for x{counts[1] // counts[0]} images "
                  f"({b - a:+.1f} MiB).")
-    la = info["loadavg_start"][:1] + info["loadavg_end"][:1]
+    la = info["loadavg_start"][:1]  # the end's load includes this benchmark's own processes
     if la and max(la) > 0.5 * info["usable_cpus"]:
         L.append("")
-        L.append(f"**Warning: the machine was busy (load average up to {max(la):.1f} on "
-                 f"{info['usable_cpus']} cores); the wall times are disturbed (peak RSS is not).**")
+        L.append(f"**Warning: the machine was busy before the benchmark started (load average "
+                 f"{max(la):.1f} on {info['usable_cpus']} cores); the wall times are disturbed "
+                 "(peak RSS is not).**")
     L.append("")
     L.append(f"Load average at start {info['loadavg_start']}, at end {info['loadavg_end']}. "
              "Peak RSS is the process's ru_maxrss (what /usr/bin/time -v reports).")
@@ -1043,6 +1179,9 @@ def main() -> None:
                     help="classes for transformers padding=max_length (default 100; extrapolated)")
     ap.add_argument("--text-batch", type=int, default=256, help="prompts per text batch (default 256)")
     ap.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+    ap.add_argument("--no-precisions", dest="precisions", action="store_false",
+                    help="encoder section: skip the bf16/int8 contenders (cliplabel bf16/int8, PyTorch bf16 "
+                         "autocast, ONNX Runtime int8, OpenVINO f32/bf16)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build first")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-args", help=argparse.SUPPRESS)

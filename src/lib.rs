@@ -51,6 +51,7 @@ pub use classify::templates::Templates;
 pub use classify::zeroshot::ZeroShotClassifier;
 pub use clip::engine::{Engine, EngineOptions, Features};
 pub use clip::hub::HubOptions;
+pub use clip::kernels::precision::Precision;
 pub use clip::model::Kernels;
 pub use error::{Error, ErrorKind, Result};
 pub use eval::compare::{compare_sets, CompareOptions, CompareSets, Shots};

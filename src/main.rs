@@ -270,18 +270,28 @@ struct ModelArgs {
     /// (Pillow's decompression-bomb limit by default).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_name = "N")]
     max_pixels: u64,
+    /// Arithmetic of the encoders' linear layers: fp32 (exact, the default), bf16 or int8
+    /// (faster, approximate; falls back to the next precision, with a note, where this CPU
+    /// lacks the instructions).
+    #[arg(long, default_value = "fp32", value_name = "fp32|bf16|int8")]
+    precision: cliplabel::Precision,
 }
 
 impl ModelArgs {
     /// Loads the model with these flags and the environment's settings.
     fn engine(&self, env: &Env) -> anyhow::Result<Engine> {
-        Ok(Engine::try_new(
+        let engine = Engine::try_new(
             EngineOptions::new(&self.model)
                 .threads(self.threads)
                 .kernels(env.kernels)
                 .max_pixels(self.max_pixels)
+                .precision(self.precision)
                 .hub(env.hub.clone()),
-        )?)
+        )?;
+        if let Some(note) = engine.precision_note() {
+            eprintln!("note: {note}");
+        }
+        Ok(engine)
     }
 }
 

@@ -75,7 +75,7 @@ impl ZeroShotClassifier {
     /// The cache key of a classifier: the model's fingerprint, the classes with their prompt
     /// names, and the templates.
     pub fn cache_key(engine: &Engine, classes: &ClassList, templates: &Templates) -> String {
-        let mut h = fnv1a(engine.fingerprint.as_bytes(), FNV_START);
+        let mut h = fnv1a(engine.run_fingerprint.as_bytes(), FNV_START);
         for (c, p) in templates.prompts(classes) {
             h = fnv1a(&(c as u64).to_le_bytes(), h);
             h = fnv1a(p.as_bytes(), h);

@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use crate::clip::checkpoint::Checkpoint;
 use crate::clip::config::{ClipConfig, ModelFiles, PreprocessConfig};
 use crate::clip::hub::{resolve_model, HubOptions};
+use crate::clip::kernels::precision::Precision;
 use crate::clip::model::ClipModel;
 use crate::clip::model::Kernels;
 use crate::clip::tokenizer::ClipTokenizer;
@@ -44,6 +45,7 @@ pub struct EngineOptions {
     kernels: Kernels,
     max_pixels: u64,
     hub: Option<HubOptions>,
+    precision: Precision,
 }
 
 impl EngineOptions {
@@ -58,6 +60,7 @@ impl EngineOptions {
             kernels: Kernels::Auto,
             max_pixels: DEFAULT_MAX_PIXELS,
             hub: None,
+            precision: Precision::Fp32,
         }
     }
 
@@ -86,6 +89,14 @@ impl EngineOptions {
     /// Refuse images whose header declares more pixels than this, before decoding them.
     pub fn max_pixels(mut self, max_pixels: u64) -> Self {
         self.max_pixels = max_pixels;
+        self
+    }
+
+    /// The arithmetic of the encoders' linear layers (fp32 by default, exact). bf16 and int8
+    /// are faster and approximate; where the CPU lacks their instructions the engine falls
+    /// back to the next precision and [`Engine::precision_note`] says why.
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
         self
     }
 
@@ -121,8 +132,11 @@ pub struct Engine {
     pub(crate) preprocess: PreprocessConfig,
     /// Where the model came from (`--model` as given).
     pub(crate) source: String,
-    /// A fingerprint of the model files, for caches.
+    /// A fingerprint of the model files (heads are checked against it).
     pub(crate) fingerprint: String,
+    /// The fingerprint of the numbers this engine computes: the model's, with the precision
+    /// appended unless fp32, so that caches, resumes and merges never mix precisions.
+    pub(crate) run_fingerprint: String,
     /// Images with more pixels than this are refused before decoding.
     pub(crate) max_pixels: u64,
 }
@@ -267,13 +281,25 @@ impl Engine {
             &config.text,
         )?;
         let ckpt = Checkpoint::open(&files.weights)?;
-        let model = ClipModel::load_with(config, &ckpt, &opts.device, opts.kernels)?;
+        let model = ClipModel::load_with_precision(
+            config,
+            &ckpt,
+            &opts.device,
+            opts.kernels,
+            opts.precision,
+        )?;
+        let precision = model.precision();
+        let model_fingerprint = fingerprint(files)?;
         Ok(Engine {
             model,
             tokenizer,
             preprocess,
             source: files.source.clone(),
-            fingerprint: fingerprint(files)?,
+            run_fingerprint: match precision {
+                Precision::Fp32 => model_fingerprint.clone(),
+                p => format!("{model_fingerprint}-{p}"),
+            },
+            fingerprint: model_fingerprint,
             max_pixels: opts.max_pixels,
         })
     }
@@ -304,9 +330,27 @@ impl Engine {
         &self.fingerprint
     }
 
+    /// [`Engine::fingerprint`] with the precision appended unless fp32: the key of cached and
+    /// resumed embeddings, which differ between precisions.
+    pub fn run_fingerprint(&self) -> &str {
+        &self.run_fingerprint
+    }
+
     /// Images with more pixels than this are refused before decoding.
     pub fn max_pixels(&self) -> u64 {
         self.max_pixels
+    }
+
+    /// The precision the encoders' linear layers run in (the one asked for, or the next
+    /// lower one this CPU supports).
+    pub fn precision(&self) -> Precision {
+        self.model.precision()
+    }
+
+    /// One line saying why the precision differs from the one asked for, or that it runs
+    /// slower than fp32 on this CPU; `None` when there is nothing to say.
+    pub fn precision_note(&self) -> Option<&str> {
+        self.model.precision_note()
     }
 
     /// Width of the embeddings for `features`.

@@ -14,6 +14,9 @@ use crate::clip::checkpoint::{expected_tensors, Checkpoint};
 use crate::clip::config::{Activation, ClipConfig, TowerConfig};
 use crate::clip::kernels::attention::{FusedAttention, Queries};
 use crate::clip::kernels::gemm::{self, Epilogue, PackedWeight};
+use crate::clip::kernels::gemm_bf16::PackedBf16;
+use crate::clip::kernels::gemm_int8::PackedInt8;
+use crate::clip::kernels::precision::{self, LinearOp, Precision};
 use crate::error::{Error, Result};
 
 /// Which matrix multiply the model's linear layers use on the CPU.
@@ -30,33 +33,58 @@ pub enum Kernels {
 enum Dense {
     Candle(Linear),
     Packed(PackedWeight),
+    Bf16(PackedBf16),
+    Int8(PackedInt8),
 }
 
 impl Dense {
-    fn new(weight: Tensor, bias: Option<Tensor>, packed: bool) -> Result<Self> {
+    /// `precision` must be one [`precision::resolve`] allows with `packed`.
+    fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        packed: bool,
+        precision: Precision,
+    ) -> Result<Self> {
         if !packed {
             return Ok(Dense::Candle(Linear::new(weight, bias)));
         }
         let (n, k) = weight.dims2()?;
         let w = weight.flatten_all()?.to_vec1::<f32>()?;
         let b = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
-        Ok(Dense::Packed(PackedWeight::new(&w, b.as_deref(), n, k)))
+        let b = b.as_deref();
+        Ok(match precision {
+            Precision::Fp32 => Dense::Packed(PackedWeight::new(&w, b, n, k)),
+            Precision::Bf16 => Dense::Bf16(PackedBf16::new(&w, b, n, k)),
+            Precision::Int8 => Dense::Int8(PackedInt8::new(&w, b, n, k)),
+        })
+    }
+
+    /// `x · Wᵀ + b`, then `epilogue` (which candle's matmul leaves to the caller).
+    fn apply(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+        Ok(match self {
+            Dense::Candle(l) => l.forward(x)?,
+            Dense::Packed(p) => x.contiguous()?.apply_op1_no_bwd(&p.op(epilogue))?,
+            Dense::Bf16(weight) => x
+                .contiguous()?
+                .apply_op1_no_bwd(&LinearOp { weight, epilogue })?,
+            Dense::Int8(weight) => x
+                .contiguous()?
+                .apply_op1_no_bwd(&LinearOp { weight, epilogue })?,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Dense::Candle(l) => l.forward(x)?,
-            Dense::Packed(p) => x.contiguous()?.apply_op1_no_bwd(&p.op(Epilogue::None))?,
-        })
+        self.apply(x, Epilogue::None)
     }
 
     /// `act(x · Wᵀ + b)`, with `quick_gelu` fused into the packed kernels' stores.
     fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         match (self, act) {
-            (Dense::Packed(p), Activation::QuickGelu) => Ok(x
-                .contiguous()?
-                .apply_op1_no_bwd(&p.op(Epilogue::QuickGelu))?),
-            _ => activate(&self.forward(x)?, act),
+            (Dense::Candle(_), _)
+            | (_, Activation::Gelu | Activation::GeluTanh | Activation::Relu) => {
+                activate(&self.forward(x)?, act)
+            }
+            (_, Activation::QuickGelu) => self.apply(x, Epilogue::QuickGelu),
         }
     }
 }
@@ -66,6 +94,8 @@ struct Loader<'a> {
     device: &'a Device,
     /// Whether linear layers are packed for cliplabel's kernels.
     packed: bool,
+    /// The arithmetic of the encoder layers' matrix multiplies (already resolved).
+    precision: Precision,
 }
 
 impl Loader<'_> {
@@ -81,9 +111,15 @@ impl Loader<'_> {
         };
         Ok((w, b))
     }
+    /// An encoder layer's linear map, in the model's precision.
     fn linear(&self, prefix: &str, bias: bool) -> Result<Dense> {
         let (w, b) = self.tensors(prefix, bias)?;
-        Dense::new(w, b, self.packed)
+        Dense::new(w, b, self.packed, self.precision)
+    }
+    /// A linear map kept in fp32 whatever the precision (embedding, final projections).
+    fn linear_fp32(&self, prefix: &str, bias: bool) -> Result<Dense> {
+        let (w, b) = self.tensors(prefix, bias)?;
+        Dense::new(w, b, self.packed, Precision::Fp32)
     }
     fn layer_norm(&self, prefix: &str, eps: f64) -> Result<LayerNorm> {
         Ok(LayerNorm::new(
@@ -117,7 +153,7 @@ impl Attention {
         };
         let head_dim = t.hidden_size / t.num_attention_heads;
         Ok(Attention {
-            qkv: Dense::new(w, b, l.packed)?,
+            qkv: Dense::new(w, b, l.packed, l.precision)?,
             out: l.linear(&format!("{prefix}.out_proj"), true)?,
             heads: t.num_attention_heads,
             head_dim,
@@ -334,6 +370,8 @@ pub struct ClipModel {
     visual_projection: Dense,
     logit_scale: f32,
     device: Device,
+    precision: Precision,
+    precision_note: Option<String>,
 }
 
 impl ClipModel {
@@ -349,14 +387,30 @@ impl ClipModel {
         device: &Device,
         kernels: Kernels,
     ) -> Result<Self> {
+        Self::load_with_precision(config, ckpt, device, kernels, Precision::Fp32)
+    }
+
+    /// As [`ClipModel::load_with`], with the encoder layers' matrix multiplies in `precision`
+    /// where the CPU and kernels allow it, else the next lower precision (see
+    /// [`ClipModel::precision_note`]).
+    pub fn load_with_precision(
+        config: ClipConfig,
+        ckpt: &Checkpoint,
+        device: &Device,
+        kernels: Kernels,
+        precision: Precision,
+    ) -> Result<Self> {
         for (name, shape) in expected_tensors(&config) {
             ckpt.check(&name, &shape)?;
         }
         let packed = kernels == Kernels::Auto && device.is_cpu() && gemm::available();
+        let (precision, precision_note) =
+            precision::resolve(precision, packed, precision::Caps::detect());
         let l = Loader {
             ckpt,
             device,
             packed,
+            precision,
         };
         let vc = &config.vision;
         let vh = vc.tower.hidden_size;
@@ -372,18 +426,30 @@ impl ClipModel {
                 "text_model.final_layer_norm",
                 config.text.tower.layer_norm_eps,
             )?,
-            text_projection: l.linear("text_projection", false)?,
+            text_projection: l.linear_fp32("text_projection", false)?,
             class_embedding: l.get("vision_model.embeddings.class_embedding")?,
-            patch_embedding: Dense::new(patch_weight, None, packed)?,
+            patch_embedding: Dense::new(patch_weight, None, packed, Precision::Fp32)?,
             vision_positions: l.get("vision_model.embeddings.position_embedding.weight")?,
             pre_ln: l.layer_norm("vision_model.pre_layrnorm", vc.tower.layer_norm_eps)?,
             vision_encoder: Encoder::load(&l, "vision_model.encoder", &vc.tower)?,
             post_ln: l.layer_norm("vision_model.post_layernorm", vc.tower.layer_norm_eps)?,
-            visual_projection: l.linear("visual_projection", false)?,
+            visual_projection: l.linear_fp32("visual_projection", false)?,
             logit_scale,
             device: device.clone(),
             config,
+            precision,
+            precision_note,
         })
+    }
+
+    /// The precision the encoder layers run in.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Why the precision differs from the one requested (one line), if it does.
+    pub fn precision_note(&self) -> Option<&str> {
+        self.precision_note.as_deref()
     }
 
     /// The device the weights live on.

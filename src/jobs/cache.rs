@@ -69,7 +69,7 @@ impl EmbeddingCache {
         let dim = engine.dim(features, true);
         let mut c = EmbeddingCache {
             files: None,
-            fingerprint: engine.fingerprint.clone(),
+            fingerprint: engine.run_fingerprint.clone(),
             features,
             dim,
             entries: Vec::new(),
@@ -78,7 +78,7 @@ impl EmbeddingCache {
             dirty: false,
         };
         let Some(dir) = dir else { return Ok(c) };
-        let stem = format!("embeddings-{}-{}", engine.fingerprint, features);
+        let stem = format!("embeddings-{}-{}", engine.run_fingerprint, features);
         let data = dir.join(format!("{stem}.safetensors"));
         let index = dir.join(format!("{stem}.json"));
         c.files = Some((data.clone(), index.clone()));

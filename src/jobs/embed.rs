@@ -196,7 +196,7 @@ fn finish(
     };
     let sidecar = EmbeddingsSidecar {
         model: engine.source.clone(),
-        model_fingerprint: engine.fingerprint.clone(),
+        model_fingerprint: engine.run_fingerprint.clone(),
         kind,
         dim,
         normalized: opts.normalize,

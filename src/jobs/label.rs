@@ -400,7 +400,7 @@ pub fn zero_shot_run_info(
 ) -> RunInfo {
     RunInfo {
         model: engine.source.clone(),
-        model_fingerprint: engine.fingerprint.clone(),
+        model_fingerprint: engine.run_fingerprint.clone(),
         method: RunMethod::ZeroShot,
         scorer_key: ZeroShotClassifier::cache_key(engine, classes, templates),
         classes: clf.classes.clone(),
@@ -417,7 +417,7 @@ pub fn head_run_info(
 ) -> Result<RunInfo> {
     Ok(RunInfo {
         model: engine.source.clone(),
-        model_fingerprint: engine.fingerprint.clone(),
+        model_fingerprint: engine.run_fingerprint.clone(),
         method: RunMethod::Head,
         scorer_key: Head::file_key(head_path)?,
         classes: head.meta.classes.clone(),

@@ -83,13 +83,13 @@ impl PackedWeight {
     /// `out = x · Wᵀ + b` for `x` of `m` rows of `k` values; `out` holds `m * n` values.
     ///
     /// Panics if the CPU lacks AVX-512 (check [`available`]) or the lengths disagree.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "internals"))]
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
         self.matmul_then(x, m, out, Epilogue::None)
     }
 
     /// As `PackedWeight::matmul`, applying `epilogue` to each result as it is stored.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "internals"))]
     pub fn matmul_then(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: Epilogue) {
         assert_eq!(out.len(), m * self.n, "output must hold m * n values");
         // SAFETY: `out` holds m * n values.

@@ -5,5 +5,8 @@
 
 pub mod attention;
 pub mod gemm;
+pub mod gemm_bf16;
+pub mod gemm_int8;
 pub mod ops;
+pub mod precision;
 pub mod simd;

@@ -1,0 +1,483 @@
+//! int8 packed matrix multiply with AVX512-VNNI's `vpdpbusd` (four u8 x s8 multiply-adds per
+//! 32-bit lane, four times fp32's per instruction).
+//!
+//! Weights: one symmetric scale per output channel, `s_w[j] = max|W[j,:]| / 127`, and
+//! `q_w = round(W / s_w)` in -127..=127, packed once at load in 32-column panels of four
+//! consecutive input features per 32-bit lane. Activations: one symmetric scale per row
+//! (token), computed at each multiply, `q_x = round(x / s_x)` in -127..=127.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes, so the kernel feeds `u = q_x + 128`
+//! (1..=255) and removes the shift exactly: `Σ u·q_w = Σ q_x·q_w + 128·Σ_k q_w[j,k]`, the last
+//! term precomputed per column. Every product (at most 255·127) and sum (at most
+//! `k`·255·127, under 2³¹ for `k` < 66 000) is exact in int32, so the only rounding is the
+//! quantisation itself and the final `s_x·s_w·(Σ − 128·colsum) + b` in fp32.
+//! The whole depth is summed in registers (no blocking over `k`), since int32 partial sums of
+//! different blocks could not be scaled before they are complete.
+
+use rayon::prelude::*;
+
+use crate::clip::kernels::gemm::Epilogue;
+use crate::clip::kernels::gemm_bf16::{for_each_tile, row_stride, SendPtr, MR, NR};
+use crate::clip::kernels::precision::PackedLinear;
+
+/// Whether this CPU can run the int8 kernels (AVX-512F, BW and VNNI).
+pub fn available() -> bool {
+    crate::clip::kernels::precision::Caps::detect().vnni
+}
+
+/// Symmetric int8 quantisation of `v`: the scale `max|v| / 127` and `round(v / scale)`
+/// (ties to even) written to `out` through `map`. A row of zeros (or one with a non-finite
+/// maximum) gets scale 0 and all-zero codes.
+#[inline]
+pub fn quantise<T>(v: &[f32], out: &mut [T], map: impl Fn(i32) -> T) -> f32 {
+    let amax = v.iter().fold(0f32, |a, &x| a.max(x.abs()));
+    let inv = if amax > 0.0 && amax.is_finite() {
+        127.0 / amax
+    } else {
+        0.0
+    };
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o = map(((x * inv).round_ties_even() as i32).clamp(-127, 127));
+    }
+    if inv == 0.0 {
+        0.0
+    } else {
+        amax / 127.0
+    }
+}
+
+/// A `[n, k]` weight matrix (PyTorch's `Linear` layout) and optional bias, quantised per
+/// output channel and packed for [`PackedInt8::matmul`].
+pub struct PackedInt8 {
+    n: usize,
+    k: usize,
+    /// Input features in groups of four, `ceil(k / 4)`.
+    k4: usize,
+    /// `ceil(n / NR)` panels of `k4 * NR` lanes: panel `p`, group `kk`, column `j` holds
+    /// `q_w[p*NR+j][4kk..4kk+4]` as four bytes, lowest first (zero past the ends).
+    panels: Vec<i32>,
+    /// Per column, padded to whole panels: the weight scale.
+    scale: Vec<f32>,
+    /// Per column, padded: `128 * Σ_k q_w[j, k]`, the contribution of the +128 shift.
+    shift: Vec<i32>,
+    /// The bias padded to whole panels.
+    bias: Vec<f32>,
+}
+
+impl PackedInt8 {
+    /// Quantises and packs `weight` (`n * k` values, row-major `[n, k]`) and `bias` (`n` values).
+    pub fn new(weight: &[f32], bias: Option<&[f32]>, n: usize, k: usize) -> Self {
+        assert_eq!(weight.len(), n * k, "weight must hold n * k values");
+        let k4 = k.div_ceil(4);
+        let np = n.div_ceil(NR);
+        let mut q = vec![0i8; n * k4 * 4];
+        let mut scale = vec![0f32; np * NR];
+        let mut shift = vec![0i32; np * NR];
+        q.par_chunks_mut((k4 * 4).max(1))
+            .zip(scale.par_iter_mut().zip(shift.par_iter_mut()))
+            .zip(weight.par_chunks(k.max(1)))
+            .for_each(|((q, (s, c)), w)| {
+                *s = quantise(w, q, |v| v as i8);
+                *c = 128 * q.iter().map(|&v| v as i32).sum::<i32>();
+            });
+        let mut panels = vec![0i32; np * k4 * NR];
+        panels
+            .par_chunks_mut((k4 * NR).max(1))
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for j in 0..NR.min(n - p * NR) {
+                    let row = &q[(p * NR + j) * k4 * 4..(p * NR + j + 1) * k4 * 4];
+                    for (kk, g) in row.chunks_exact(4).enumerate() {
+                        panel[kk * NR + j] =
+                            i32::from_le_bytes([g[0] as u8, g[1] as u8, g[2] as u8, g[3] as u8]);
+                    }
+                }
+            });
+        let mut padded = vec![0f32; np * NR];
+        if let Some(b) = bias {
+            assert_eq!(b.len(), n, "bias must hold n values");
+            padded[..n].copy_from_slice(b);
+        }
+        PackedInt8 {
+            n,
+            k,
+            k4,
+            panels,
+            scale,
+            shift,
+            bias: padded,
+        }
+    }
+
+    /// `out ≈ x · Wᵀ + b`, then `epilogue`, for `x` of `m` rows of `k` values, with both
+    /// operands quantised as the module describes.
+    ///
+    /// Panics if the CPU lacks AVX512-VNNI (check [`available`]) or the lengths disagree.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: Epilogue) {
+        assert_eq!(out.len(), m * self.n, "output must hold m * n values");
+        assert!(available(), "the int8 kernels need AVX512-VNNI");
+        let (n, k, k4) = (self.n, self.k, self.k4);
+        assert_eq!(x.len(), m * k, "input must hold m * k values");
+        if m == 0 || n == 0 {
+            return;
+        }
+        let gelu = epilogue == Epilogue::QuickGelu;
+        // The input rows quantised and shifted to u8 (padding: 128, a zero), four per lane.
+        let lda = row_stride(k4.max(1) * 4, 1);
+        let mut a = vec![128u8; m * lda];
+        let mut sx = vec![0f32; m.div_ceil(MR) * MR];
+        a.par_chunks_mut(lda)
+            .zip(sx.par_iter_mut())
+            .zip(x.par_chunks(k.max(1)))
+            // SAFETY: `available()` was asserted above; `d` has room for the row.
+            .for_each(|((d, s), x)| *s = unsafe { x86::quantise_row(x, d) });
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        for_each_tile(m, n, |q, rows, p, cols| {
+            let out_ptr = &out_ptr;
+            let c = p * NR..(p + 1) * NR;
+            // SAFETY: tile (q, p) of `out` lies within its m * n values and belongs to this
+            // call alone; `a` holds `rows` rows of `k4` groups from row `q * MR`; the panel
+            // holds `k4 * NR` lanes; `sx` is padded to whole row panels.
+            unsafe {
+                dispatch(
+                    rows,
+                    k4,
+                    a[q * MR * lda..].as_ptr().cast(),
+                    lda / 4,
+                    self.panels[p * k4 * NR..(p + 1) * k4 * NR].as_ptr(),
+                    out_ptr.0.add(q * MR * n + p * NR),
+                    n,
+                    cols,
+                    Epi {
+                        row_scale: &sx[q * MR..(q + 1) * MR],
+                        scale: &self.scale[c.clone()],
+                        shift: &self.shift[c.clone()],
+                        bias: &self.bias[c],
+                        gelu,
+                    },
+                );
+            }
+        });
+    }
+}
+
+impl PackedLinear for PackedInt8 {
+    fn in_features(&self) -> usize {
+        self.k
+    }
+    fn out_features(&self) -> usize {
+        self.n
+    }
+    fn matmul_vec(&self, x: &[f32], m: usize, epilogue: Epilogue) -> Vec<f32> {
+        let mut out = vec![0f32; m * self.n];
+        self.matmul(x, m, &mut out, epilogue);
+        out
+    }
+}
+
+/// What turns one tile's int32 sums into fp32 results.
+struct Epi<'a> {
+    /// Activation scales of the tile's `MR` rows.
+    row_scale: &'a [f32],
+    /// Weight scales, shift terms and bias of the tile's `NR` columns.
+    scale: &'a [f32],
+    shift: &'a [i32],
+    bias: &'a [f32],
+    gelu: bool,
+}
+
+/// Runs the kernel for `rows` (1..=MR) rows.
+///
+/// # Safety
+/// As [`x86::kernel`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn dispatch(
+    rows: usize,
+    k4: usize,
+    a: *const u32,
+    lda: usize,
+    b: *const i32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    e: Epi,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use x86::kernel;
+        macro_rules! go {
+            ($($r:literal)*) => {
+                match rows {
+                    $($r => kernel::<$r>(k4, a, lda, b, c, ldc, cols, &e),)*
+                    _ => unreachable!("row panels hold 1..=MR rows"),
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8 9 10 11 12)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (rows, k4, a, lda, b, c, ldc, cols, e);
+        unreachable!("the int8 kernels are only built for x86_64")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Epi, NR};
+    use crate::clip::kernels::simd::avx512::quick_gelu;
+    use std::arch::x86_64::*;
+
+    /// [`super::quantise`] of `x` shifted by +128 into `out`, 16 lanes at a time (the scalar
+    /// version calls `rintf` per value where SSE4.1 is not enabled at build time). Same codes
+    /// for every finite input: the same f32 maximum, reciprocal, product and rounding to even.
+    ///
+    /// # Safety
+    /// AVX-512F and BW available; `out` at least as long as `x`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn quantise_row(x: &[f32], out: &mut [u8]) -> f32 {
+        assert!(out.len() >= x.len());
+        let (k, xp, op) = (x.len(), x.as_ptr(), out.as_mut_ptr());
+        let tail = k % 16;
+        let tmask: __mmask16 = ((1u32 << tail) - 1) as u16;
+        let mut m = _mm512_setzero_ps();
+        for c in 0..k / 16 {
+            m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xp.add(16 * c))));
+        }
+        m = _mm512_max_ps(
+            m,
+            _mm512_abs_ps(_mm512_maskz_loadu_ps(tmask, xp.add(k - tail))),
+        );
+        let amax = _mm512_reduce_max_ps(m);
+        let inv = if amax > 0.0 && amax.is_finite() {
+            127.0 / amax
+        } else {
+            0.0
+        };
+        let vinv = _mm512_set1_ps(inv);
+        let code = |v: __m512| {
+            let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, vinv));
+            let q = _mm512_max_epi32(
+                _mm512_min_epi32(q, _mm512_set1_epi32(127)),
+                _mm512_set1_epi32(-127),
+            );
+            _mm512_add_epi32(q, _mm512_set1_epi32(128))
+        };
+        for c in 0..k / 16 {
+            let q = code(_mm512_loadu_ps(xp.add(16 * c)));
+            _mm_storeu_si128(op.add(16 * c).cast(), _mm512_cvtepi32_epi8(q));
+        }
+        let q = code(_mm512_maskz_loadu_ps(tmask, xp.add(k - tail)));
+        _mm512_mask_cvtepi32_storeu_epi8(op.add(k - tail).cast(), tmask, q);
+        if inv == 0.0 {
+            0.0
+        } else {
+            amax / 127.0
+        }
+    }
+
+    /// `C[R x cols] = s_x[i]·s_w[j]·(A[R x k4] · B[k4 x NR] − shift[j]) + bias[j]` (then
+    /// `quick_gelu` with `e.gelu`), `A` as u8 quads rows `lda` lanes apart, `B` as s8 quads
+    /// packed `kk * NR + j`.
+    ///
+    /// # Safety
+    /// AVX-512F, BW and VNNI available; `a` readable for `R` rows of `k4` lanes, `b` for
+    /// `k4 * NR` lanes, `c` valid for `R` rows of stride `ldc` and `cols` columns; the slices
+    /// in `e` hold `NR` columns and at least `R` rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel<const R: usize>(
+        k4: usize,
+        a: *const u32,
+        lda: usize,
+        b: *const i32,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        e: &Epi,
+    ) {
+        let m0: __mmask16 = if cols >= 16 {
+            0xffff
+        } else {
+            (1u32 << cols) as u16 - 1
+        };
+        let m1: __mmask16 = if cols >= 32 {
+            0xffff
+        } else if cols > 16 {
+            (1u32 << (cols - 16)) as u16 - 1
+        } else {
+            0
+        };
+        let mut acc = [[_mm512_setzero_si512(); 2]; R];
+        let mut ap = a;
+        let mut bp = b;
+        for _ in 0..k4 {
+            let b0 = _mm512_loadu_si512(bp.cast());
+            let b1 = _mm512_loadu_si512(bp.add(16).cast());
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_epi32(ap.add(i * lda).read_unaligned() as i32);
+                row[0] = _mm512_dpbusd_epi32(row[0], av, b0);
+                row[1] = _mm512_dpbusd_epi32(row[1], av, b1);
+            }
+            ap = ap.add(1);
+            bp = bp.add(NR);
+        }
+        let shift = [
+            _mm512_loadu_si512(e.shift.as_ptr().cast()),
+            _mm512_loadu_si512(e.shift.as_ptr().add(16).cast()),
+        ];
+        let scale = [
+            _mm512_loadu_ps(e.scale.as_ptr()),
+            _mm512_loadu_ps(e.scale.as_ptr().add(16)),
+        ];
+        let bias = [
+            _mm512_loadu_ps(e.bias.as_ptr()),
+            _mm512_loadu_ps(e.bias.as_ptr().add(16)),
+        ];
+        for (i, row) in acc.iter().enumerate() {
+            let sx = _mm512_set1_ps(e.row_scale[i]);
+            let p = c.add(i * ldc);
+            for (h, mask) in [(0, m0), (1, m1)] {
+                let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(row[h], shift[h]));
+                let mut v = _mm512_fmadd_ps(v, _mm512_mul_ps(sx, scale[h]), bias[h]);
+                if e.gelu {
+                    v = quick_gelu(v);
+                }
+                _mm512_mask_storeu_ps(p.add(16 * h), mask, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::kernels::gemm_bf16::tests::{check_product, values};
+
+    /// The codes and scale of each row, computed here from the definition (in the same f32
+    /// operations, so that values near a rounding boundary get the kernel's codes).
+    fn reference_quant(v: &[f32], rows: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+        let mut codes = Vec::new();
+        let mut scales = Vec::new();
+        for r in v.chunks(k.max(1)).take(rows) {
+            let amax = r.iter().map(|x| x.abs()).fold(0f32, f32::max);
+            let (inv, s) = if amax > 0.0 {
+                (127.0 / amax, amax / 127.0)
+            } else {
+                (0.0, 0.0)
+            };
+            scales.push(s as f64);
+            codes.extend(r.iter().map(|&x| (x * inv).round_ties_even() as f64));
+        }
+        if k == 0 {
+            scales.resize(rows, 0.0);
+        }
+        (codes, scales)
+    }
+
+    #[test]
+    fn vector_quantisation_matches_the_scalar_one() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-VNNI");
+            return;
+        }
+        for k in [0, 1, 15, 16, 17, 100, 768] {
+            let mut x = values(k, k as u64);
+            if k > 3 {
+                x[3] = -7.0;
+                x[1] = 0.5 * 7.0 / 127.0; // exactly half a step
+            }
+            let mut want = vec![0u8; k];
+            let sw = quantise(&x, &mut want, |v| (v + 128) as u8);
+            let mut got = vec![9u8; k + 5];
+            let sg = unsafe { x86::quantise_row(&x, &mut got) };
+            assert_eq!(sg, sw, "k={k}");
+            assert_eq!(&got[..k], &want[..], "k={k}");
+            assert_eq!(&got[k..], &[9u8; 5], "k={k}: wrote past the row");
+        }
+    }
+
+    #[test]
+    fn quantisation_is_symmetric_and_spans_the_range() {
+        let v = [0.5f32, -1.0, 0.25, 0.0, 0.003];
+        let mut q = [0i8; 5];
+        let s = quantise(&v, &mut q, |c| c as i8);
+        assert_eq!(s, 1.0 / 127.0);
+        assert_eq!(q, [64, -127, 32, 0, 0]);
+        let mut z = [1i8; 3];
+        assert_eq!(quantise(&[0.0; 3], &mut z, |c| c as i8), 0.0);
+        assert_eq!(z, [0; 3]);
+    }
+
+    #[test]
+    fn matches_an_f64_product_of_the_quantised_inputs() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-VNNI");
+            return;
+        }
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (13, 33, 7),
+            (12, 32, 768),
+            (25, 17, 769),
+            (50, 64, 3072),
+            (7, 100, 2),
+            (3, 31, 0),
+        ] {
+            let w = values(n * k, 1 + m as u64);
+            let b = values(n, 2);
+            let mut x = values(m * k, 3 + n as u64);
+            // One all-zero row and one with an outlier.
+            if m > 2 && k > 0 {
+                x[..k].iter_mut().for_each(|v| *v = 0.0);
+                x[k] = 30.0;
+            }
+            let (qx, sx) = reference_quant(&x, m, k);
+            let (qw, sw) = reference_quant(&w, n, k);
+            for bias in [None, Some(b.as_slice())] {
+                let p = PackedInt8::new(&w, bias, n, k);
+                let mut out = vec![f32::NAN; m * n];
+                p.matmul(&x, m, &mut out, Epilogue::None);
+                check_product(&out, &qx, &qw, |i, j| sx[i] * sw[j], bias, m, n, k);
+            }
+        }
+    }
+
+    #[test]
+    fn close_to_fp32_and_fused_gelu_agrees() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-VNNI");
+            return;
+        }
+        let (m, n, k) = (30, 70, 512);
+        let w = values(n * k, 4);
+        let b = values(n, 5);
+        let x = values(m * k, 6);
+        let p = PackedInt8::new(&w, Some(&b), n, k);
+        let mut plain = vec![0f32; m * n];
+        p.matmul(&x, m, &mut plain, Epilogue::None);
+        let mut fused = vec![0f32; m * n];
+        p.matmul(&x, m, &mut fused, Epilogue::QuickGelu);
+        let (mut err, mut norm) = (0f64, 0f64);
+        for i in 0..m {
+            for j in 0..n {
+                let exact: f64 = (0..k)
+                    .map(|kk| x[i * k + kk] as f64 * w[j * k + kk] as f64)
+                    .sum::<f64>()
+                    + b[j] as f64;
+                err += (plain[i * n + j] as f64 - exact).powi(2);
+                norm += exact * exact;
+                let y = plain[i * n + j];
+                let want = y / (1.0 + (-1.702 * y).exp());
+                let g = fused[i * n + j];
+                assert!(
+                    (g - want).abs() <= 2e-7 * want.abs().max(1.0),
+                    "{y}: {g} vs {want}"
+                );
+            }
+        }
+        // Uniform inputs: each code carries about 1/(127·√12) relative noise.
+        let rel = (err / norm).sqrt();
+        assert!(rel < 0.01, "relative error {rel}");
+    }
+}
