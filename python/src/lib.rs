@@ -29,8 +29,8 @@ use cliplabel::jobs::tally::Tally;
 use cliplabel::{
     collect_images, compare_sets, embed_image_rows, fit_head, write_report, Abstention, ClassList,
     CompareOptions, CompareSets, EmbedEvent, Engine as LibEngine, EngineOptions, Error, ErrorKind,
-    Features, FitHeadOptions, Head as LibHead, Kernels, LabelledSet, Method, Scorer, Shots,
-    Templates, ZeroShotClassifier,
+    Features, FitHeadOptions, Head as LibHead, Kernels, LabelledSet, Method, Precision, Scorer,
+    Shots, Templates, ZeroShotClassifier,
 };
 
 /// Prompts per text batch: as `cliplabel embed --text-file` (eight times the image batch).
@@ -221,7 +221,9 @@ fn array_rows(obj: &Bound<'_, PyAny>, dim: usize, what: &str) -> PyResult<Vec<f3
 /// - threads: worker threads for decoding and the model (default: every core); like the
 ///   CLI's --threads, it sizes one pool per process, so a second Engine must use the same count.
 /// - batch_size: images per model batch (prompts are batched eight times as many).
-/// - precision: "fp32" (the only precision for now).
+/// - precision: the arithmetic of the encoders' linear layers, as the CLI's --precision:
+///   "fp32" (exact, the default), "bf16" or "int8" (faster, approximate; where the CPU lacks
+///   their instructions the engine falls back to the next precision, with a warning).
 /// - max_pixels: images whose header declares more pixels are refused before decoding.
 /// - hub_cache / offline / kernels: default to the environment, read as the CLI reads it
 ///   (HF_HOME, HF_HUB_OFFLINE, CLIPLABEL_KERNELS).
@@ -249,12 +251,7 @@ impl PyEngine {
         offline: Option<bool>,
         kernels: Option<String>,
     ) -> PyResult<Self> {
-        // TODO(precision): wire through EngineOptions once `Precision` lands on main.
-        if precision != "fp32" {
-            return Err(PyValueError::new_err(format!(
-                "precision must be \"fp32\" (the only precision so far), not {precision:?}"
-            )));
-        }
+        let precision: Precision = precision.parse().map_err(PyValueError::new_err)?;
         if batch_size == 0 {
             return Err(PyValueError::new_err("batch_size must be at least 1"));
         }
@@ -277,6 +274,7 @@ impl PyEngine {
         let mut opts = EngineOptions::new(model.to_string_lossy().into_owned())
             .threads(threads)
             .kernels(kernels)
+            .precision(precision)
             .hub(HubOptions {
                 cache_dir: hub_cache.unwrap_or(env_cache),
                 offline: offline.unwrap_or(env_offline),
@@ -287,6 +285,11 @@ impl PyEngine {
         let engine = py
             .detach(|| LibEngine::try_new(opts))
             .map_err(|e| py_err(py, e))?;
+        if let Some(note) = engine.precision_note() {
+            // The CLI prints it as a note; Python shows it as a warning.
+            let warnings = py.import("warnings")?;
+            warnings.call_method1("warn", (note.to_string(),))?;
+        }
         Ok(PyEngine {
             inner: Arc::new(engine),
             batch_size,
@@ -309,6 +312,13 @@ impl PyEngine {
     #[getter]
     fn dim(&self) -> usize {
         self.inner.dim(Features::Projected, true)
+    }
+
+    /// The precision the encoders' linear layers run in: the one asked for, or the next
+    /// lower one this CPU supports (a warning said why when the engine was made).
+    #[getter]
+    fn precision(&self) -> &'static str {
+        self.inner.precision().name()
     }
 
     /// Images per model batch.
