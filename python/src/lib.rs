@@ -215,9 +215,6 @@ fn array_rows(obj: &Bound<'_, PyAny>, dim: usize, what: &str) -> PyResult<Vec<f3
 /// model.safetensors, tokenizer.json) or a Hugging Face hub id looked up in the hub cache (as
 /// the CLI's --model). Same numbers as the `cliplabel` CLI for the same files and settings.
 ///
-/// Engine(model, threads=None, batch_size=32, precision="fp32", *, max_pixels=89478485,
-///        hub_cache=None, offline=None, kernels=None)
-///
 /// - threads: worker threads for decoding and the model (default: every core); like the
 ///   CLI's --threads, it sizes one pool per process, so a second Engine must use the same count.
 /// - batch_size: images per model batch (prompts are batched eight times as many).

@@ -123,6 +123,26 @@ def test_labels_equal_the_readme_quickstart_csv(cli, engine, tmp_path):
         ]
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_precision_embeddings_equal_cli_embed_with_that_precision(cli, engine, tmp_path, precision):
+    out = tmp_path / "emb.safetensors"
+    run_cli(cli, "embed", "--model", "models/shapes-clip", "--precision", precision, "-q",
+            "--out", str(out), "images")
+    want = load_file(str(out))["embeddings"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the note on a CPU that runs it slowly or falls back
+        low = cliplabel.Engine(str(MODEL), precision=precision)
+    got = low.embed_images("images").embeddings
+    assert np.array_equal(got, want)
+    if low.precision == precision:
+        # Approximate arithmetic: not the fp32 numbers (so the option did reach the engine).
+        assert not np.array_equal(got, engine.embed_images("images").embeddings)
+    with pytest.raises(ValueError, match="unknown precision"):
+        cliplabel.Engine(str(MODEL), precision="fp16")
+
+
 def test_scores_of_embeddings_equal_the_labels(engine):
     zs = cliplabel.ZeroShot(engine, "images/classes.txt", templates="shapes")
     emb = engine.embed_images("images")
