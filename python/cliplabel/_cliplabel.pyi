@@ -26,7 +26,7 @@ class Engine:
         model: StrPath,
         threads: Optional[int] = None,
         batch_size: int = 32,
-        precision: Literal["fp32"] = "fp32",
+        precision: Literal["fp32", "bf16", "int8"] = "fp32",
         *,
         max_pixels: Optional[int] = None,
         hub_cache: Optional[StrPath] = None,
@@ -42,6 +42,9 @@ class Engine:
     @property
     def dim(self) -> int:
         """Width of the projected embeddings."""
+    @property
+    def precision(self) -> Literal["fp32", "bf16", "int8"]:
+        """The precision the encoders run in (the one asked for, or the CPU's fallback)."""
     @property
     def batch_size(self) -> int:
         """Images per model batch."""

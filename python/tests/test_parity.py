@@ -244,6 +244,23 @@ def test_progress_callback_is_called_after_each_batch(engine):
     assert calls == [(min(i * 16, n), n) for i in range(1, math.ceil(n / 16) + 1)]
 
 
+def test_progress_true_draws_a_tqdm_bar(engine, capsys):
+    pytest.importorskip("tqdm", reason="tqdm is not installed")
+    n = len(engine.embed_images("images", progress=True).paths)
+    err = capsys.readouterr().err
+    assert "embedding" in err and f"{n}/{n}" in err
+
+
+def test_a_label_iterator_dropped_early_stops_its_run(engine):
+    zs = cliplabel.ZeroShot(engine, "images/classes.txt")
+    it = zs.label(["images"] * 20)
+    first = next(it)
+    assert first.path == "images/img_000.png" and it.summary()["finished"] is False
+    del it
+    # The engine is free for the next run.
+    assert len(list(zs.label("images"))) == len(engine.embed_images("images").paths)
+
+
 def test_an_exception_in_the_progress_callback_stops_the_run(engine):
     def boom(done, total):
         raise KeyError("stop here")
