@@ -208,6 +208,31 @@ def test_an_invalid_model_directory_raises_model_error_with_the_cli_message(cli,
     assert not isinstance(e.value, (cliplabel.InputError, cliplabel.OutputError))
 
 
+def test_hub_ids_honour_hf_home_and_hf_hub_offline_as_the_cli(cli, tmp_path, monkeypatch):
+    import subprocess
+
+    hub_home = tmp_path / "hf"
+    env = dict(os.environ, HF_HOME=str(hub_home), HF_HUB_OFFLINE="1")
+    p = subprocess.run(
+        [str(cli), "embed", "--model", "openai/clip-vit-base-patch32", "-q", "--out",
+         str(tmp_path / "e.safetensors"), "images/img_000.png"],
+        cwd=REPO, env=env, capture_output=True, text=True,
+    )
+    msg = cli_error(p)
+    assert str(hub_home) in msg
+    monkeypatch.setenv("HF_HOME", str(hub_home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(cliplabel.ModelError) as e:
+        cliplabel.Engine("openai/clip-vit-base-patch32")
+    assert str(e.value) == msg
+    # The same, given as arguments instead of the environment.
+    monkeypatch.delenv("HF_HOME")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(cliplabel.ModelError) as e:
+        cliplabel.Engine("openai/clip-vit-base-patch32", hub_cache=str(hub_home / "hub"), offline=True)
+    assert str(e.value) == msg
+
+
 def test_input_and_io_errors_carry_the_cli_message(cli, engine, tmp_path):
     missing = "images/no-such-image.png"
     msg = cli_error(run_cli(cli, "embed", "--model", "models/shapes-clip", "-q", "--out",
