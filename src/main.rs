@@ -873,49 +873,10 @@ struct AuditArgs {
 }
 
 fn run_audit_cmd(a: AuditArgs, env: &Env) -> anyhow::Result<ExitCode> {
-    use cliplabel::eval::audit::{
-        load_test_set, report::write_report as write_audit_report, run_audit, AuditOptions,
-        AuditProgress, AuditSources, RankBy,
-    };
-    use cliplabel::jobs::cache::EmbeddingCache;
-    use cliplabel::ZeroShotClassifier;
+    use cliplabel::eval::audit::job::{audit_dataset, AuditRequest};
+    use cliplabel::eval::audit::{load_test_set, AuditOptions, AuditProgress, RankBy};
 
-    if !(a.duplicate_threshold > 0.0 && a.duplicate_threshold <= 1.0) {
-        anyhow::bail!("--duplicate-threshold must be in (0, 1]");
-    }
-    if a.folds < 2 {
-        anyhow::bail!("--folds must be at least 2");
-    }
-    let mut train = match (&a.data, &a.data_csv) {
-        (Some(d), _) => LabelledSet::from_image_folder(d)?,
-        (None, Some(f)) => LabelledSet::from_csv(f)?,
-        (None, None) => anyhow::bail!("give --data DIR or --data-csv FILE"),
-    };
-    let test = a.test.as_deref().map(load_test_set).transpose()?;
-    let engine = a.model.engine(env)?;
-    let want_zero_shot =
-        a.classes.is_some() || a.templates.templates.is_some() || !a.templates.template.is_empty();
-    let zero_shot = if want_zero_shot {
-        let classes = match &a.classes {
-            Some(f) => {
-                let list = ClassList::from_file(f)?;
-                let names: Vec<String> = list.names().iter().map(|s| s.to_string()).collect();
-                // The zero-shot columns follow the class file; re-index the set to match.
-                train.labels = train.align_to(&names, "the data set")?;
-                train.classes = names;
-                list
-            }
-            None => ClassList::from_names(&train.classes)?,
-        };
-        Some(ZeroShotClassifier::build(
-            &engine,
-            &classes,
-            &a.templates.resolve()?.0,
-        )?)
-    } else {
-        None
-    };
-    let opts = AuditOptions {
+    let options = AuditOptions {
         folds: a.folds,
         seed: a.seed,
         rank_by: match a.rank_by {
@@ -925,52 +886,70 @@ fn run_audit_cmd(a: AuditArgs, env: &Env) -> anyhow::Result<ExitCode> {
         duplicate_threshold: a.duplicate_threshold,
         ..AuditOptions::default()
     };
-    let cache_dir = a.cache.dir(env);
-    let mut cache = EmbeddingCache::open(cache_dir.as_deref(), &engine, Features::Projected)?;
+    options.check()?;
+    let train = match (&a.data, &a.data_csv) {
+        (Some(d), _) => LabelledSet::from_image_folder(d)?,
+        (None, Some(f)) => LabelledSet::from_csv(f)?,
+        (None, None) => anyhow::bail!("give --data DIR or --data-csv FILE"),
+    };
+    let test = a.test.as_deref().map(load_test_set).transpose()?;
+    let engine = a.model.engine(env)?;
+    let want_zero_shot =
+        a.classes.is_some() || a.templates.templates.is_some() || !a.templates.template.is_empty();
+    let request = AuditRequest {
+        train,
+        test,
+        classes: a.classes.as_deref().map(ClassList::from_file).transpose()?,
+        templates: if want_zero_shot {
+            Some(a.templates.resolve()?.0)
+        } else {
+            None
+        },
+        options,
+        cache_dir: a.cache.dir(env),
+        batch_size: a.model.batch_size,
+        out: a.out.clone(),
+        base_dir: std::env::current_dir()?,
+    };
     let quiet = a.quiet;
-    let total = train.paths.len() + test.as_ref().map_or(0, |t| t.paths.len());
+    let total = request.train.paths.len() + request.test.as_ref().map_or(0, |t| t.paths.len());
     let start = std::time::Instant::now();
     let mut last_pct = usize::MAX;
-    let result = run_audit(
-        &engine,
-        &mut cache,
-        AuditSources {
-            train: &train,
-            test: test.as_ref(),
-            zero_shot: zero_shot.as_ref(),
-            batch_size: a.model.batch_size,
-        },
-        &opts,
-        |p| {
-            if quiet {
-                return;
+    let folds = a.folds;
+    let outcome = audit_dataset(&engine, request, |p| {
+        if quiet {
+            return;
+        }
+        match p {
+            AuditProgress::Embedding => eprintln!("embedding {total} images"),
+            AuditProgress::CrossValidating => {
+                eprintln!("cross-validating the head ({folds} folds)")
             }
-            match p {
-                AuditProgress::Embedding => eprintln!("embedding {total} images"),
-                AuditProgress::CrossValidating => {
-                    eprintln!("cross-validating the head ({} folds)", a.folds)
+            AuditProgress::Neighbours { done, total } => {
+                let pct = done * 10 / total.max(1);
+                if pct != last_pct {
+                    last_pct = pct;
+                    eprintln!("neighbour search: {done}/{total} rows");
                 }
-                AuditProgress::Neighbours { done, total } => {
-                    let pct = done * 10 / total.max(1);
-                    if pct != last_pct {
-                        last_pct = pct;
-                        eprintln!("neighbour search: {done}/{total} rows");
-                    }
-                }
-                AuditProgress::Summarising => eprintln!("grouping and outliers"),
             }
-        },
-    )?;
-    let s = write_audit_report(&a.out, &result)?;
+            AuditProgress::Summarising => eprintln!("grouping and outliers"),
+        }
+    })?;
+    let s = &outcome.summary;
+    if let Some(rv) = &outcome.review {
+        for f in &rv.thumb_failures {
+            eprintln!("warning: no thumbnail for {}: {}", f.path, f.error);
+        }
+    }
     if !quiet {
-        for f in &result.failures {
+        for f in &outcome.failures {
             eprintln!("warning: {}: {} (not audited)", f.path, f.error);
         }
         eprintln!(
             "audited {} train + {} test images of {} ({} failed) in {:.1} s -> {}",
             s.train_images,
             s.test_images,
-            total,
+            outcome.total,
             s.failed,
             start.elapsed().as_secs_f64(),
             a.out.display()
@@ -990,38 +969,13 @@ fn run_audit_cmd(a: AuditArgs, env: &Env) -> anyhow::Result<ExitCode> {
                 a.out.join("failures.csv").display()
             );
         }
-    }
-    // The likely mislabels open on the review page, where each can be accepted (the suggested
-    // class), corrected or kept, and exported as a path,label CSV for `fit --train-csv`.
-    if s.mislabels > 0 {
-        let opts = cliplabel::review::ReviewOptions {
-            base_dir: std::env::current_dir()?,
-            classes: Some(result.classes.clone()),
-            title: "cliplabel audit: likely mislabels".into(),
-            ..cliplabel::review::ReviewOptions::default()
-        };
-        let rv = cliplabel::review::write_review(
-            &a.out.join("mislabels.review.csv"),
-            &a.out.join("review"),
-            &opts,
-            &|_, _| {},
-        )?;
-        for f in &rv.thumb_failures {
-            eprintln!("warning: no thumbnail for {}: {}", f.path, f.error);
-        }
-        if !quiet {
+        if let Some(rv) = &outcome.review {
             eprintln!(
                 "review the {} likely mislabels in {}",
                 rv.cards,
                 rv.index.display()
             );
         }
-    }
-    if s.train_images + s.test_images + s.failed != total {
-        anyhow::bail!(
-            "{} of {total} images neither audited nor listed as failed",
-            total - s.train_images - s.test_images - s.failed
-        );
     }
     Ok(ExitCode::SUCCESS)
 }

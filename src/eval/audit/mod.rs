@@ -5,7 +5,8 @@
 //! zero-shot probabilities in, an [`AuditResult`] out. [`run_audit`] is the thin layer that gets
 //! the embeddings through the embedding cache (as `fit` and `compare` do), hashes the files and
 //! scores zero-shot, then calls it. [`report::write_report`] writes `report.md` and one CSV per
-//! finding type.
+//! finding type. [`job::audit_dataset`] is the whole `audit` command (options checked, classes
+//! aligned, report and review page written, every image accounted for) as one call.
 //!
 //! - [`mislabels`]: out-of-fold probabilities from the cross-validated linear head
 //!   ([`crate::linear_head::cross_validate`]), optionally blended with zero-shot, then confident
@@ -15,6 +16,7 @@
 //! - [`outliers`]: low cosine to every class centroid or low k-NN density.
 
 pub mod duplicates;
+pub mod job;
 pub mod mislabels;
 pub mod outliers;
 pub mod report;
