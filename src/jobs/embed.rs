@@ -14,7 +14,7 @@ use crate::jobs::pipeline::embed_images;
 use crate::jobs::tally::{stopped, Tally};
 use crate::jobs::writers::Failure;
 use crate::util::atomic::write_atomic;
-use crate::util::math::l2_normalize_rows;
+use crate::util::math::l2_normalize_rows_f32_sum;
 use crate::util::pathtext::path_text;
 use crate::util::safetensors_io::{write_f32, F32Tensor, SafetensorsFile};
 
@@ -152,7 +152,7 @@ fn finish(
 ) -> Result<EmbedSummary> {
     let dim = engine.dim(opts.features, kind == EmbeddingKind::Image);
     if opts.normalize {
-        l2_normalize_rows(&mut rows, dim);
+        l2_normalize_rows_f32_sum(&mut rows, dim);
     }
     let summary = EmbedSummary {
         rows: items.len(),
