@@ -51,7 +51,7 @@ pub use classify::zeroshot::ZeroShotClassifier;
 pub use clip::engine::{Engine, EngineOptions, Features};
 pub use clip::hub::HubOptions;
 pub use clip::model::Kernels;
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, ModelInputError, OptionError, Remedy, Result};
 pub use eval::compare::{compare_sets, CompareOptions, CompareSets, Shots};
 pub use eval::dataset::LabelledSet;
 pub use eval::report::{summary_table, write_report, CompareResults};

@@ -731,10 +731,11 @@ impl Calibration {
 
     /// Writes the calibration as pretty JSON, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut json = serde_json::to_string_pretty(self).map_err(|e| crate::Error::Output {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let mut json =
+            serde_json::to_string_pretty(self).map_err(|source| crate::Error::Serialize {
+                path: path.to_path_buf(),
+                source,
+            })?;
         json.push('\n');
         write_atomic(path, json.as_bytes()).map_err(|e| crate::Error::io(path, e))
     }

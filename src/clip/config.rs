@@ -151,7 +151,7 @@ fn get_str<'a>(
 /// Reads and parses a JSON file, naming it in any error.
 pub fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| Error::Json {
+    serde_json::from_str(&text).map_err(|source| Error::ModelJson {
         path: path.to_path_buf(),
         source,
     })

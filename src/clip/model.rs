@@ -14,7 +14,7 @@ use crate::clip::checkpoint::{expected_tensors, Checkpoint};
 use crate::clip::config::{Activation, ClipConfig, TowerConfig};
 use crate::clip::kernels::attention::{FusedAttention, Queries};
 use crate::clip::kernels::gemm::{self, Epilogue, PackedWeight};
-use crate::error::{Error, Result};
+use crate::error::{ModelInputError, Result};
 
 /// Which matrix multiply the model's linear layers use on the CPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -237,9 +237,11 @@ impl Layer {
                     .reshape((b, 1, d))?
             }
             _ => {
-                return Err(Error::Input(format!(
-                    "queries {queries:?} reach into the {offset}-token shared prefix"
-                )))
+                return Err(ModelInputError::QueriesInPrefix {
+                    queries: format!("{queries:?}"),
+                    prefix: offset,
+                }
+                .into())
             }
         };
         let x = (queried + h)?;
@@ -407,10 +409,11 @@ impl ClipModel {
     pub fn text_pooled(&self, ids: &Tensor, eos_positions: &[usize]) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         if eos_positions.len() != b {
-            return Err(Error::Input(format!(
-                "{} end-of-text positions for a batch of {b} sequences",
-                eos_positions.len()
-            )));
+            return Err(ModelInputError::EosCount {
+                positions: eos_positions.len(),
+                batch: b,
+            }
+            .into());
         }
         let x = self.embed_tokens(ids, 0)?;
         let rows: Vec<usize> = eos_positions.iter().map(|&p| p.min(s - 1)).collect();
@@ -434,10 +437,12 @@ impl ClipModel {
             return self.text_features(suffix, eos_positions);
         }
         if eos_positions.len() != b || eos_positions.iter().any(|&e| e < p || e >= p + s) {
-            return Err(Error::Input(format!(
-                "end-of-text positions {eos_positions:?} must follow the {p}-token prefix and lie \
-                 within the {s} tokens after it"
-            )));
+            return Err(ModelInputError::EosOutOfRange {
+                positions: eos_positions.to_vec(),
+                prefix: p,
+                tokens: s,
+            }
+            .into());
         }
         let prefix_ids = Tensor::new(prefix, &self.device)?.reshape((1, p))?;
         let prefix_x = self.embed_tokens(&prefix_ids, 0)?;
@@ -460,10 +465,11 @@ impl ClipModel {
         let (b, s) = ids.dims2()?;
         let ctx = self.config.text.max_position_embeddings;
         if start + s > ctx {
-            return Err(Error::Input(format!(
-                "token sequence of {} exceeds the model's context length {ctx}",
-                start + s
-            )));
+            return Err(ModelInputError::ContextLength {
+                tokens: start + s,
+                context: ctx,
+            }
+            .into());
         }
         let d = self.config.text.tower.hidden_size;
         let tok = self
@@ -483,10 +489,11 @@ impl ClipModel {
         let vc = &self.config.vision;
         let (b, c, h, w) = pixels.dims4()?;
         if (c, h, w) != (vc.num_channels, vc.image_size, vc.image_size) {
-            return Err(Error::Input(format!(
-                "pixel tensor {c}x{h}x{w} does not match the model's input {}x{}x{}",
-                vc.num_channels, vc.image_size, vc.image_size
-            )));
+            return Err(ModelInputError::PixelShape {
+                found: [c, h, w],
+                expected: [vc.num_channels, vc.image_size, vc.image_size],
+            }
+            .into());
         }
         let (p, g, d) = (vc.patch_size, vc.grid(), vc.tower.hidden_size);
         // Patch embedding as one matrix multiply: (b*g*g, c*p*p) x (c*p*p, d).
@@ -530,6 +537,7 @@ pub fn display_name(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use std::path::PathBuf;
 
     fn load(dir: &str, kernels: Kernels) -> ClipModel {
@@ -629,7 +637,17 @@ mod tests {
                 assert!(d < 1e-5, "{dir} {kernels:?}: differ by {d} (relative)");
                 // End-of-text inside the prefix is refused.
                 let bad = m.text_features_with_prefix(&prefix, &suffix, &[4, 8, 6]);
-                assert!(matches!(bad, Err(Error::Input(_))), "{dir}");
+                assert!(
+                    matches!(
+                        &bad,
+                        Err(Error::ModelInput(ModelInputError::EosOutOfRange {
+                            prefix: 5,
+                            tokens: 4,
+                            ..
+                        }))
+                    ),
+                    "{dir}"
+                );
             }
         }
     }
@@ -640,7 +658,10 @@ mod tests {
         let ids = Tensor::new(&[[49406u32, 49407]], &Device::Cpu).unwrap();
         assert!(matches!(
             m.text_features(&ids, &[1, 1]),
-            Err(Error::Input(_))
+            Err(Error::ModelInput(ModelInputError::EosCount {
+                positions: 2,
+                batch: 1
+            }))
         ));
     }
 }

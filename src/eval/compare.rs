@@ -196,7 +196,7 @@ pub fn compare(
 ) -> Result<CompareResults> {
     let n_classes = classes.len();
     if test_set.labels.is_empty() {
-        return Err(Error::Input("the test set has no usable images".into()));
+        return Err(Error::NoUsableTestImages);
     }
     let class_list = ClassList::from_names(classes)?;
     let mut runs = Vec::new();
@@ -233,7 +233,7 @@ pub fn compare(
         });
         zs
     } else {
-        last_zs.ok_or_else(|| Error::Input("give at least one template set".into()))?
+        last_zs.ok_or(Error::NoTemplateSets)?
     };
     let counts = {
         let mut c = vec![0usize; n_classes];

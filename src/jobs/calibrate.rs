@@ -89,9 +89,9 @@ pub fn calibrate_labelled_set(
 ) -> Result<CalibrateSummary> {
     let start = Instant::now();
     if opts.out.exists() && opts.out.is_dir() {
-        return Err(Error::Output {
+        return Err(Error::OutputIsDirectory {
             path: opts.out.clone(),
-            message: "is a directory; --out takes a file such as cal.json".into(),
+            example: "cal.json".into(),
         });
     }
     let (zs, info);

@@ -47,13 +47,13 @@ impl FitHeadOptions {
     /// (without `force`) and pooled features with a method that needs the zero-shot weights.
     pub fn check(&self, force: bool) -> Result<()> {
         if self.out.exists() && !force {
-            return Err(Error::Output {
+            return Err(Error::OutputExists {
                 path: self.out.clone(),
-                message: "already exists (pass --force to overwrite it)".into(),
+                remedy: crate::error::Remedy::Force,
             });
         }
         if self.features == Features::Pooled && self.method != Method::Probe {
-            return Err(Error::Input("--features pooled works only with the plain linear probe (zero-shot weights live in the projected space)".into()));
+            return Err(crate::error::OptionError::PooledWithZeroShot.into());
         }
         Ok(())
     }

@@ -69,7 +69,9 @@ mod tests {
     #[test]
     fn the_f32_sum_is_the_old_embed_normalisation() {
         // Squares summed in f32 in order, as `embed --normalize` always did; zero rows kept.
-        let row: Vec<f32> = (0..512).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let row: Vec<f32> = (0..512)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let mut rows = row.clone();
         rows.extend([0.0f32; 512]);
         l2_normalize_rows_f32_sum(&mut rows, 512);
@@ -84,7 +86,9 @@ mod tests {
         assert!(rows[512..].iter().all(|v| *v == 0.0));
         // The f64 sum rounds differently on some rows: that is why the two are kept apart.
         let differs = (1..200).any(|s| {
-            let r: Vec<f32> = (0..512).map(|i| ((i * s % 997) as f32).sin() * 3.3).collect();
+            let r: Vec<f32> = (0..512)
+                .map(|i| ((i * s % 997) as f32).sin() * 3.3)
+                .collect();
             let (mut a, mut b) = (r.clone(), r);
             l2_normalize_rows_f32_sum(&mut a, 512);
             l2_normalize_rows(&mut b, 512);
