@@ -176,7 +176,7 @@ pub enum Error {
 
     /// A labelled data set could not be read (see `eval::dataset`).
     #[error(transparent)]
-    Dataset(#[from] crate::eval::dataset::DatasetError),
+    Dataset(#[from] crate::images::dataset::DatasetError),
 
     /// A linear head cannot be trained on these examples or with these settings.
     #[error(transparent)]

@@ -53,7 +53,7 @@ pub use clip::hub::HubOptions;
 pub use clip::model::Kernels;
 pub use error::{Error, ErrorKind, ModelInputError, OptionError, Remedy, Result};
 pub use eval::compare::{compare_sets, CompareOptions, CompareSets, Shots};
-pub use eval::dataset::LabelledSet;
+pub use images::dataset::LabelledSet;
 pub use eval::report::{summary_table, write_report, CompareResults};
 pub use images::inputs::collect_images;
 pub use jobs::cluster::merge::{merge, MergeOptions, MergeReport};

@@ -42,9 +42,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::classify::run::{RunInfo, RunMethod};
 use crate::classify::scores::top_k;
 use crate::error::Result;
-use crate::jobs::label::{RunInfo, RunMethod};
 use crate::util::atomic::write_atomic;
 
 /// The version of the calibration file layout written by this module.

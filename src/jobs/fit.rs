@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::classify::classes::ClassList;
+use crate::classify::embedded::Embedded;
 use crate::classify::head::{train, Head, HeadMeta, Method, Normalization, TrainOptions};
 use crate::classify::templates::Templates;
 use crate::classify::zeroshot::ZeroShotClassifier;
 use crate::clip::engine::{Engine, Features};
 use crate::error::{Error, Result};
-use crate::eval::compare::Embedded;
-use crate::eval::dataset::LabelledSet;
+use crate::images::dataset::LabelledSet;
 use crate::jobs::cache::{EmbeddingCache, Embeddings};
 use crate::jobs::tally::Tally;
 use crate::jobs::writers::{failed_path, write_failure_list, Failure};

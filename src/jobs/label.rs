@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
 use crate::classify::calibration::{Calibration, MadeFor};
 use crate::classify::classes::ClassList;
 use crate::classify::head::Head;
+/// The run identity is `classify/`'s (a calibration is checked against it); re-exported here
+/// where `OUT.run.json` is written.
+pub use crate::classify::run::{RunInfo, RunMethod};
 use crate::classify::scores::{top_k, Abstention, Scorer, Scores};
 use crate::classify::templates::Templates;
 use crate::classify::zeroshot::ZeroShotClassifier;
@@ -44,35 +45,6 @@ pub struct JobOptions {
     /// say `unknown`, and rows carry its prediction set. The run refuses a calibration made
     /// for another model, scorer or class list.
     pub calibration: Option<(Calibration, PathBuf)>,
-}
-
-/// Which kind of classifier labelled a run (`method` in `OUT.run.json`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub enum RunMethod {
-    /// Zero-shot prompts (`label`).
-    #[serde(rename = "zero-shot")]
-    ZeroShot,
-    /// A head trained by `fit` (`predict`).
-    #[serde(rename = "head")]
-    Head,
-}
-
-/// What identifies a run, stored as `OUT.run.json` so that `--resume` (and merging) can refuse
-/// to mix outputs of different models or class lists.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RunInfo {
-    /// The model as given.
-    pub model: String,
-    /// Fingerprint of the model files.
-    pub model_fingerprint: String,
-    /// The scorer: `zero-shot` or `head`.
-    pub method: RunMethod,
-    /// A key of the classifier (classes, prompts, or head weights).
-    pub scorer_key: String,
-    /// Class labels in score order.
-    pub classes: Vec<String>,
-    /// Labels per row.
-    pub top_k: usize,
 }
 
 /// The path of the run description for an output.

@@ -532,7 +532,7 @@ mod tests {
                         assert_eq!(found, "path,label,score,label2,score2,predicted,cosine");
                         assert!(expected.contains("label3,score3"), "{expected}");
                     }
-                    other => panic!("{other:?}"),
+                    other => panic!("{:?}", other.err()),
                 }
             }
         }

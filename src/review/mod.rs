@@ -26,11 +26,11 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::clip::config::Resample;
 use crate::error::{Error, Result};
 use crate::images::limits::DEFAULT_MAX_PIXELS;
 use crate::images::preprocess::load_rgb;
 use crate::images::resize::resize;
+use crate::images::settings::Resample;
 use crate::jobs::rows::{read_label_rows, LabelRecord};
 use crate::jobs::writers::Failure;
 use crate::util::atomic::write_atomic;
