@@ -183,16 +183,15 @@ pub enum Error {
     Fit(#[from] crate::classify::head::FitError),
 
     /// A trained head does not belong to `--model`.
-    #[error("{path}: this head was trained for model `{head_model}` (fingerprint {head_fingerprint}, {features} {head_dim}-dimensional embeddings), but --model is `{model}` (fingerprint {fingerprint}, {dim} dimensions); train a head for this model with `cliplabel fit`")]
+    #[error("{path}: this head was trained for model `{}` (fingerprint {}, {} {}-dimensional embeddings), but --model is `{}` (fingerprint {}, {} dimensions); train a head for this model with `cliplabel fit`",
+        .trained.model, .trained.fingerprint, .trained.features, .trained.dim,
+        .given.model, .given.fingerprint, .given.dim)]
     HeadModelMismatch {
         path: PathBuf,
-        head_model: String,
-        head_fingerprint: String,
-        features: crate::clip::engine::Features,
-        head_dim: usize,
-        model: String,
-        fingerprint: String,
-        dim: usize,
+        /// The model the head was trained for (from its metadata).
+        trained: Box<ModelIdentity>,
+        /// `--model`, with the width of the features the head takes.
+        given: Box<ModelIdentity>,
     },
 
     /// `compare` found no image of the test set usable.
@@ -310,6 +309,19 @@ pub enum Error {
     /// A tensor computation failed (a bug or an inconsistent checkpoint).
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+/// A model as a head file or an engine identifies it ([`Error::HeadModelMismatch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelIdentity {
+    /// The model as given (a directory or a hub id).
+    pub model: String,
+    /// Fingerprint of the model files.
+    pub fingerprint: String,
+    /// Which features the embeddings are.
+    pub features: crate::clip::engine::Features,
+    /// Embedding width.
+    pub dim: usize,
 }
 
 /// What to pass instead when an output exists ([`Error::OutputExists`]).

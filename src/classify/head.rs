@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::classify::scores::{Scorer, Scores};
 use crate::classify::zeroshot::ZeroShotClassifier;
 use crate::clip::engine::{Engine, Features};
-use crate::error::{Error, Result};
+use crate::error::{Error, ModelIdentity, Result};
 use crate::linear_head::{
     choose_alpha, default_alpha_grid, fit, fit_cv, softmax_rows, CvOptions, Dataset, FitOptions,
     LinearHead, Matrix,
@@ -383,13 +383,18 @@ impl Head {
         if self.meta.model_fingerprint != engine.fingerprint || self.meta.dim != dim {
             return Err(Error::HeadModelMismatch {
                 path: path.to_path_buf(),
-                head_model: self.meta.model.clone(),
-                head_fingerprint: self.meta.model_fingerprint.clone(),
-                features: self.meta.features,
-                head_dim: self.meta.dim,
-                model: engine.source.clone(),
-                fingerprint: engine.fingerprint.clone(),
-                dim,
+                trained: Box::new(ModelIdentity {
+                    model: self.meta.model.clone(),
+                    fingerprint: self.meta.model_fingerprint.clone(),
+                    features: self.meta.features,
+                    dim: self.meta.dim,
+                }),
+                given: Box::new(ModelIdentity {
+                    model: engine.source.clone(),
+                    fingerprint: engine.fingerprint.clone(),
+                    features,
+                    dim,
+                }),
             });
         }
         Ok(())

@@ -8,8 +8,8 @@
 //! a metric or writes an evaluation report, so nothing in `jobs/` imports `eval`.
 
 pub mod audit;
-pub mod compare;
 pub mod calibrate;
+pub mod compare;
 /// Labelled sets live in `images/` (listing inputs, below `jobs/`); kept here under their old
 /// path for library users.
 pub use crate::images::dataset;
