@@ -29,8 +29,8 @@ use cliplabel::jobs::tally::Tally;
 use cliplabel::{
     collect_images, compare_sets, embed_image_rows, fit_head, write_report, Abstention, ClassList,
     CompareOptions, CompareSets, EmbedEvent, Engine as LibEngine, EngineOptions, Error, ErrorKind,
-    Features, FitHeadOptions, Head as LibHead, Kernels, LabelledSet, Method, Precision, Scorer,
-    Shots, Templates, ZeroShotClassifier,
+    Features, FitHeadOptions, Head as LibHead, Kernels, LabelledSet, Method, OptionError,
+    Precision, Scorer, Shots, Templates, ZeroShotClassifier,
 };
 
 /// Prompts per text batch: as `cliplabel embed --text-file` (eight times the image batch).
@@ -369,7 +369,9 @@ impl PyEngine {
                     });
                     r.map_err(|e| {
                         callback_error = Some(e);
-                        Error::Input("stopped by the progress callback".into())
+                        Error::Cancelled {
+                            reason: "the progress callback raised",
+                        }
                     })
                 })
             })
@@ -567,7 +569,7 @@ impl ScorerRef {
         progress: Option<Py<PyAny>>,
     ) -> PyResult<LabelRun> {
         if top_k == 0 {
-            return Err(py_err(py, Error::Input("top_k must be at least 1".into())));
+            return Err(py_err(py, Error::Option(OptionError::TopKZero)));
         }
         let classes = self.scorer().classes().to_vec();
         let k = top_k.min(classes.len());
@@ -592,11 +594,10 @@ impl ScorerRef {
                         scorer.scorer().score(&values)?
                     };
                     if scores.len() != b.ok.len() || values.len() != b.ok.len() * dim {
-                        return Err(Error::Input(format!(
-                            "the scorer returned {} results for {} images",
-                            scores.len(),
-                            b.ok.len()
-                        )));
+                        return Err(Error::ScorerCount {
+                            results: scores.len(),
+                            images: b.ok.len(),
+                        });
                     }
                     let rows =
                         b.ok.into_iter()
@@ -619,7 +620,9 @@ impl ScorerRef {
                         done,
                     })
                     // The iterator was dropped: stop reading images.
-                    .map_err(|_| Error::Input("the label iterator was closed".into()))
+                    .map_err(|_| Error::Cancelled {
+                        reason: "the label iterator was closed",
+                    })
                 });
                 let _ = tx.send(Message::End(
                     result.map_err(|e| cliplabel::jobs::tally::stopped(done, total, e)),
@@ -782,10 +785,7 @@ impl LabelRun {
                     lib(py, tally.check("label"))?;
                 }
                 Err(_) => {
-                    return Err(py_err(
-                        py,
-                        Error::Input("the labelling thread stopped unexpectedly".into()),
-                    ));
+                    return Err(py_err(py, Error::WorkerLost { what: "labelling" }));
                 }
             }
         }
@@ -990,7 +990,10 @@ fn labelled_set(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<LabelledSet
     if set.paths.is_empty() {
         return Err(py_err(
             py,
-            Error::Input("data: no (path, label) pairs".into()),
+            cliplabel::images::dataset::DatasetError::NoRows {
+                path: "data (no (path, label) pairs)".into(),
+            }
+            .into(),
         ));
     }
     Ok(set)

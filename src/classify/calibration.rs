@@ -42,9 +42,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::classify::run::{RunInfo, RunMethod};
 use crate::classify::scores::top_k;
 use crate::error::Result;
-use crate::jobs::label::{RunInfo, RunMethod};
 use crate::util::atomic::write_atomic;
 
 /// The version of the calibration file layout written by this module.
@@ -731,10 +731,11 @@ impl Calibration {
 
     /// Writes the calibration as pretty JSON, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut json = serde_json::to_string_pretty(self).map_err(|e| crate::Error::Output {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let mut json =
+            serde_json::to_string_pretty(self).map_err(|source| crate::Error::Serialize {
+                path: path.to_path_buf(),
+                source,
+            })?;
         json.push('\n');
         write_atomic(path, json.as_bytes()).map_err(|e| crate::Error::io(path, e))
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::classify::scores::{Scorer, Scores};
 use crate::classify::zeroshot::ZeroShotClassifier;
 use crate::clip::engine::{Engine, Features};
-use crate::error::{Error, Result};
+use crate::error::{Error, ModelIdentity, Result};
 use crate::linear_head::{
     choose_alpha, default_alpha_grid, fit, fit_cv, softmax_rows, CvOptions, Dataset, FitOptions,
     LinearHead, Matrix,
@@ -40,6 +40,23 @@ impl Method {
             Method::Interpolate => "interpolation",
         }
     }
+}
+
+/// Why a head cannot be trained with these examples or settings.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FitError {
+    /// The method starts from, or blends with, the zero-shot classifier, and none was given.
+    #[error("{} needs the zero-shot classifier (class prompts)", .method.name())]
+    NeedsZeroShot { method: Method },
+    /// Cross-validating C needs two examples in every class; `class` has `examples`.
+    #[error("class `{class}` has {examples} example{}; cross-validating C needs at least 2 per class (and --cv of at least 2); add examples, or pass a single --c-grid value to fit without cross-validation", if *.examples == 1 { "" } else { "s" })]
+    TooFewToCrossValidate { class: String, examples: usize },
+    /// No training examples at all.
+    #[error("no training examples")]
+    NoExamples,
+    /// Some class has no example (and there is no zero-shot prior to fall back on).
+    #[error("every class needs at least one example")]
+    EmptyClass,
 }
 
 /// Training settings.
@@ -186,10 +203,10 @@ pub fn train(
         (Method::Probe, _) => None,
         (_, Some(zs)) => Some(zero_shot_head(zs)?),
         (_, None) => {
-            return Err(Error::Input(format!(
-                "{} needs the zero-shot classifier (class prompts)",
-                opts.method.name()
-            )))
+            return Err(FitError::NeedsZeroShot {
+                method: opts.method,
+            }
+            .into())
         }
     };
     let counts = data.class_counts();
@@ -208,12 +225,11 @@ pub fn train(
             .min_by_key(|(_, &n)| n)
             .map(|(c, &n)| (c, n))
             .unwrap_or((0, 0));
-        return Err(Error::Input(format!(
-            "class `{}` has {n} example{}; cross-validating C needs at least 2 per class (and --cv of at least 2); \
-             add examples, or pass a single --c-grid value to fit without cross-validation",
-            class_names.get(c).map_or("?", String::as_str),
-            if n == 1 { "" } else { "s" }
-        )));
+        return Err(FitError::TooFewToCrossValidate {
+            class: class_names.get(c).map_or("?", String::as_str).to_string(),
+            examples: n,
+        }
+        .into());
     }
     let cv_prior = if opts.method == Method::ZeroShotInit {
         prior.as_ref()
@@ -229,7 +245,7 @@ pub fn train(
                 folds: 0,
                 alpha: None,
             }),
-            None => Err(Error::Input("no training examples".into())),
+            None => Err(FitError::NoExamples.into()),
         };
     }
     // With a single C, or fewer than two examples in some class, fit once without cross-validation.
@@ -246,9 +262,7 @@ pub fn train(
         (f.head, Some(c), Some(acc), Some(cv))
     } else {
         if cv_prior.is_none() && min_count < 1 {
-            return Err(Error::Input(
-                "every class needs at least one example".into(),
-            ));
+            return Err(FitError::EmptyClass.into());
         }
         let c = opts
             .c_grid
@@ -277,9 +291,9 @@ pub fn train(
     }
     // Interpolation: choose alpha on out-of-fold probe logits (or, without CV, on the training
     // data itself), then fold both linear maps into one.
-    let zs = prior
-        .as_ref()
-        .ok_or_else(|| Error::Input("interpolation needs the zero-shot classifier".into()))?;
+    let zs = prior.as_ref().ok_or(FitError::NeedsZeroShot {
+        method: opts.method,
+    })?;
     let zs_logits = zs.predict_logits(x)?;
     let probe_logits = match &cv {
         Some(cv) => cv.oof_logits.clone(),
@@ -308,12 +322,11 @@ impl Head {
     /// Saves the head as safetensors (`weight` `[classes, dim]`, `bias` `[classes]`) with its
     /// metadata as JSON under the `cliplabel_head` key.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let err = |m: String| Error::Output {
-            path: path.to_path_buf(),
-            message: m,
-        };
         let (c, d) = (self.linear.n_classes(), self.linear.dim());
-        let meta = serde_json::to_string(&self.meta).map_err(|e| err(e.to_string()))?;
+        let meta = serde_json::to_string(&self.meta).map_err(|source| Error::Serialize {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let tensors = [
             F32Tensor {
                 name: "weight",
@@ -368,17 +381,21 @@ impl Head {
         let features = self.features();
         let dim = engine.dim(features, true);
         if self.meta.model_fingerprint != engine.fingerprint || self.meta.dim != dim {
-            return Err(Error::Input(format!(
-                "{}: this head was trained for model `{}` (fingerprint {}, {} {}-dimensional embeddings), \
-                 but --model is `{}` (fingerprint {}, {dim} dimensions); train a head for this model with `cliplabel fit`",
-                path.display(),
-                self.meta.model,
-                self.meta.model_fingerprint,
-                self.meta.features,
-                self.meta.dim,
-                engine.source,
-                engine.fingerprint
-            )));
+            return Err(Error::HeadModelMismatch {
+                path: path.to_path_buf(),
+                trained: Box::new(ModelIdentity {
+                    model: self.meta.model.clone(),
+                    fingerprint: self.meta.model_fingerprint.clone(),
+                    features: self.meta.features,
+                    dim: self.meta.dim,
+                }),
+                given: Box::new(ModelIdentity {
+                    model: engine.source.clone(),
+                    fingerprint: engine.fingerprint.clone(),
+                    features,
+                    dim,
+                }),
+            });
         }
         Ok(())
     }

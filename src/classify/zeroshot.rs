@@ -124,11 +124,10 @@ impl ZeroShotClassifier {
 
     /// Saves the classifier as safetensors (`weights`, `logit_scale`) with the class names in the metadata.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let err = |m: String| Error::Output {
+        let classes = serde_json::to_string(&self.classes).map_err(|source| Error::Serialize {
             path: path.to_path_buf(),
-            message: m,
-        };
-        let classes = serde_json::to_string(&self.classes).map_err(|e| err(e.to_string()))?;
+            source,
+        })?;
         let tensors = [
             F32Tensor {
                 name: "weights",

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use cliplabel::classify::calibration::{CalibrateOptions, Calibration};
-use cliplabel::jobs::calibrate::{calibrate_labelled_set, CalibrateJobOptions, CalibrationScorer};
+use cliplabel::eval::calibrate::{calibrate_labelled_set, CalibrateJobOptions, CalibrationScorer};
 use cliplabel::jobs::exports::{export, ExportFormat, ExportOptions, Origin};
 use cliplabel::jobs::rows::read_label_rows;
 use cliplabel::jobs::writers::Failure;

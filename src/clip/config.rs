@@ -9,6 +9,10 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// The preprocessing settings live in `images/` (the layer that applies them); they are
+/// re-exported here because `preprocessor_config.json` is parsed into them below.
+pub use crate::images::settings::{PreprocessConfig, Resample, ResizeTo, CLIP_MEAN, CLIP_STD};
+
 /// The activation used in the transformer MLPs (`hidden_act`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -151,7 +155,7 @@ fn get_str<'a>(
 /// Reads and parses a JSON file, naming it in any error.
 pub fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| Error::Json {
+    serde_json::from_str(&text).map_err(|source| Error::ModelJson {
         path: path.to_path_buf(),
         source,
     })
@@ -270,48 +274,6 @@ impl ClipConfig {
     }
 }
 
-/// Resampling filters of the image processor (`resample`, PIL's numbering).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resample {
-    /// PIL.Image.BILINEAR (2).
-    Bilinear,
-    /// PIL.Image.BICUBIC (3), the CLIP default.
-    Bicubic,
-    /// PIL.Image.LANCZOS (1).
-    Lanczos,
-}
-
-/// How the image processor resizes before cropping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResizeTo {
-    /// Scale so the shorter side has this length, keeping the aspect ratio.
-    ShortestEdge(usize),
-    /// Scale to exactly this height and width.
-    Exact { height: usize, width: usize },
-}
-
-/// The image processor settings (`preprocessor_config.json`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PreprocessConfig {
-    /// Resize target, or `None` when `do_resize` is false.
-    pub resize: Option<ResizeTo>,
-    /// Resampling filter for the resize.
-    pub resample: Resample,
-    /// Centre-crop size `(height, width)`, or `None` when `do_center_crop` is false.
-    pub crop: Option<(usize, usize)>,
-    /// Rescale factor (1/255), or `None` when `do_rescale` is false.
-    pub rescale: Option<f64>,
-    /// Per-channel mean and std, or `None` when `do_normalize` is false.
-    pub normalize: Option<([f32; 3], [f32; 3])>,
-    /// Whether to convert to RGB (compositing transparency onto white).
-    pub convert_rgb: bool,
-}
-
-/// The CLIP mean used by OpenAI and transformers.
-pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// The CLIP standard deviation used by OpenAI and transformers.
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
-
 fn size_pair(v: &Value, path: &Path, field: &str) -> Result<(usize, usize)> {
     if let Some(n) = v.as_u64() {
         return Ok((n as usize, n as usize));
@@ -359,18 +321,6 @@ fn flag(v: &Value, key: &str, path: &Path) -> Result<bool> {
 }
 
 impl PreprocessConfig {
-    /// The CLIP defaults for a model whose vision tower takes `image_size` pixels.
-    pub fn clip_default(image_size: usize) -> Self {
-        PreprocessConfig {
-            resize: Some(ResizeTo::ShortestEdge(image_size)),
-            resample: Resample::Bicubic,
-            crop: Some((image_size, image_size)),
-            rescale: Some(1.0 / 255.0),
-            normalize: Some((CLIP_MEAN, CLIP_STD)),
-            convert_rgb: true,
-        }
-    }
-
     /// Parses `preprocessor_config.json`; missing fields take the CLIP image processor's defaults.
     pub fn from_value(v: &Value, path: &Path, image_size: usize) -> Result<Self> {
         let mut cfg = Self::clip_default(image_size);
@@ -438,15 +388,6 @@ impl PreprocessConfig {
         }
         cfg.convert_rgb = flag(v, "do_convert_rgb", path)?;
         Ok(cfg)
-    }
-
-    /// The `(height, width)` of the pixel tensor this configuration produces.
-    pub fn output_size(&self) -> Option<(usize, usize)> {
-        match (self.crop, self.resize) {
-            (Some(c), _) => Some(c),
-            (None, Some(ResizeTo::Exact { height, width })) => Some((height, width)),
-            _ => None,
-        }
     }
 }
 

@@ -227,7 +227,7 @@ fn prefix_groups(encoded: &[Vec<u32>], min_group: usize) -> Vec<(usize, Vec<usiz
 /// A pool already built with `n` threads is accepted; another count is an error.
 fn configure_threads(n: usize) -> Result<()> {
     if n == 0 {
-        return Err(Error::Input("--threads must be at least 1".into()));
+        return Err(crate::error::OptionError::ThreadsZero.into());
     }
     match rayon::ThreadPoolBuilder::new()
         .num_threads(n)
@@ -235,7 +235,11 @@ fn configure_threads(n: usize) -> Result<()> {
     {
         Ok(()) => Ok(()),
         Err(_) if rayon::current_num_threads() == n => Ok(()),
-        Err(e) => Err(Error::Input(format!("cannot configure {n} threads: {e}"))),
+        Err(e) => Err(crate::error::OptionError::ThreadPool {
+            threads: n,
+            message: e.to_string(),
+        }
+        .into()),
     }
 }
 

@@ -78,7 +78,9 @@ fn shards_of_index(
 /// Describes a local model directory's files, checking that the required ones exist.
 pub fn local_model_files(dir: &Path) -> Result<ModelFiles> {
     if !dir.is_dir() {
-        return Err(Error::Input(format!("{}: not a directory", dir.display())));
+        return Err(Error::ModelNotADirectory {
+            path: dir.to_path_buf(),
+        });
     }
     let need = |name: &str| -> Result<PathBuf> {
         let p = dir.join(name);
@@ -205,9 +207,9 @@ pub fn resolve_model_in(spec: &str, cache: &hf_hub::Cache, offline: bool) -> Res
     if looks_like_hub_id(spec) {
         return hub_files(spec, cache, offline);
     }
-    Err(Error::Input(format!(
-        "--model {spec}: no such directory, and not a Hugging Face hub id of the form owner/name"
-    )))
+    Err(Error::ModelNotFound {
+        spec: spec.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::clip::kernels::gemm::{self, Epilogue, PackedWeight};
 use crate::clip::kernels::gemm_bf16::PackedBf16;
 use crate::clip::kernels::gemm_int8::PackedInt8;
 use crate::clip::kernels::precision::{self, LinearOp, Precision};
-use crate::error::{Error, Result};
+use crate::error::{ModelInputError, Result};
 
 /// Which matrix multiply the model's linear layers use on the CPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -273,9 +273,11 @@ impl Layer {
                     .reshape((b, 1, d))?
             }
             _ => {
-                return Err(Error::Input(format!(
-                    "queries {queries:?} reach into the {offset}-token shared prefix"
-                )))
+                return Err(ModelInputError::QueriesInPrefix {
+                    queries: format!("{queries:?}"),
+                    prefix: offset,
+                }
+                .into())
             }
         };
         let x = (queried + h)?;
@@ -473,10 +475,11 @@ impl ClipModel {
     pub fn text_pooled(&self, ids: &Tensor, eos_positions: &[usize]) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         if eos_positions.len() != b {
-            return Err(Error::Input(format!(
-                "{} end-of-text positions for a batch of {b} sequences",
-                eos_positions.len()
-            )));
+            return Err(ModelInputError::EosCount {
+                positions: eos_positions.len(),
+                batch: b,
+            }
+            .into());
         }
         let x = self.embed_tokens(ids, 0)?;
         let rows: Vec<usize> = eos_positions.iter().map(|&p| p.min(s - 1)).collect();
@@ -500,10 +503,12 @@ impl ClipModel {
             return self.text_features(suffix, eos_positions);
         }
         if eos_positions.len() != b || eos_positions.iter().any(|&e| e < p || e >= p + s) {
-            return Err(Error::Input(format!(
-                "end-of-text positions {eos_positions:?} must follow the {p}-token prefix and lie \
-                 within the {s} tokens after it"
-            )));
+            return Err(ModelInputError::EosOutOfRange {
+                positions: eos_positions.to_vec(),
+                prefix: p,
+                tokens: s,
+            }
+            .into());
         }
         let prefix_ids = Tensor::new(prefix, &self.device)?.reshape((1, p))?;
         let prefix_x = self.embed_tokens(&prefix_ids, 0)?;
@@ -526,10 +531,11 @@ impl ClipModel {
         let (b, s) = ids.dims2()?;
         let ctx = self.config.text.max_position_embeddings;
         if start + s > ctx {
-            return Err(Error::Input(format!(
-                "token sequence of {} exceeds the model's context length {ctx}",
-                start + s
-            )));
+            return Err(ModelInputError::ContextLength {
+                tokens: start + s,
+                context: ctx,
+            }
+            .into());
         }
         let d = self.config.text.tower.hidden_size;
         let tok = self
@@ -549,10 +555,11 @@ impl ClipModel {
         let vc = &self.config.vision;
         let (b, c, h, w) = pixels.dims4()?;
         if (c, h, w) != (vc.num_channels, vc.image_size, vc.image_size) {
-            return Err(Error::Input(format!(
-                "pixel tensor {c}x{h}x{w} does not match the model's input {}x{}x{}",
-                vc.num_channels, vc.image_size, vc.image_size
-            )));
+            return Err(ModelInputError::PixelShape {
+                found: [c, h, w],
+                expected: [vc.num_channels, vc.image_size, vc.image_size],
+            }
+            .into());
         }
         let (p, g, d) = (vc.patch_size, vc.grid(), vc.tower.hidden_size);
         // Patch embedding as one matrix multiply: (b*g*g, c*p*p) x (c*p*p, d).
@@ -596,6 +603,7 @@ pub fn display_name(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use std::path::PathBuf;
 
     fn load(dir: &str, kernels: Kernels) -> ClipModel {
@@ -695,7 +703,17 @@ mod tests {
                 assert!(d < 1e-5, "{dir} {kernels:?}: differ by {d} (relative)");
                 // End-of-text inside the prefix is refused.
                 let bad = m.text_features_with_prefix(&prefix, &suffix, &[4, 8, 6]);
-                assert!(matches!(bad, Err(Error::Input(_))), "{dir}");
+                assert!(
+                    matches!(
+                        &bad,
+                        Err(Error::ModelInput(ModelInputError::EosOutOfRange {
+                            prefix: 5,
+                            tokens: 4,
+                            ..
+                        }))
+                    ),
+                    "{dir}"
+                );
             }
         }
     }
@@ -706,7 +724,10 @@ mod tests {
         let ids = Tensor::new(&[[49406u32, 49407]], &Device::Cpu).unwrap();
         assert!(matches!(
             m.text_features(&ids, &[1, 1]),
-            Err(Error::Input(_))
+            Err(Error::ModelInput(ModelInputError::EosCount {
+                positions: 2,
+                batch: 1
+            }))
         ));
     }
 }

@@ -9,15 +9,15 @@ use crate::jobs::tally::Tally;
 use crate::jobs::writers::write_failures_file;
 use std::path::{Path, PathBuf};
 
+use crate::classify::embedded::Embedded;
 use crate::clip::engine::{Engine, Features};
 use crate::error::{Error, Result};
-use crate::eval::dataset::LabelledSet;
 use crate::eval::metrics::{evaluate, Metrics};
 use crate::eval::report::{CompareResults, MethodRun};
+use crate::images::dataset::LabelledSet;
 use crate::jobs::cache::EmbeddingCache;
 use crate::jobs::writers::Failure;
 use crate::linear_head::Matrix;
-use crate::util::math::l2_normalize;
 use crate::util::rng::SplitMix64;
 
 /// A requested number of labelled examples per class (`--shots`): a positive count or `all`.
@@ -75,40 +75,6 @@ pub struct CompareOptions {
     pub seeds: usize,
     /// Cross-validation folds for the heads.
     pub folds: usize,
-}
-
-/// Embedded, labelled examples: L2-normalised rows.
-pub struct Embedded {
-    /// `n × dim` normalised embeddings.
-    pub x: Matrix,
-    /// Class index of each row.
-    pub labels: Vec<usize>,
-}
-
-impl Embedded {
-    /// Builds the matrix from per-example embeddings, dropping failed ones (`None`).
-    pub fn new(rows: Vec<Option<Vec<f32>>>, labels: &[usize], dim: usize) -> Result<Self> {
-        let mut data = Vec::new();
-        let mut kept = Vec::new();
-        for (r, &l) in rows.into_iter().zip(labels) {
-            if let Some(mut r) = r {
-                l2_normalize(&mut r);
-                data.extend(r);
-                kept.push(l);
-            }
-        }
-        Ok(Embedded {
-            x: Matrix::new(kept.len(), dim, data)?,
-            labels: kept,
-        })
-    }
-
-    fn subset(&self, idx: &[usize]) -> Result<Embedded> {
-        Ok(Embedded {
-            x: self.x.select_rows(idx)?,
-            labels: idx.iter().map(|&i| self.labels[i]).collect(),
-        })
-    }
 }
 
 /// Draws up to `k` examples of each class (deterministic for `seed`), in index order.
@@ -196,7 +162,7 @@ pub fn compare(
 ) -> Result<CompareResults> {
     let n_classes = classes.len();
     if test_set.labels.is_empty() {
-        return Err(Error::Input("the test set has no usable images".into()));
+        return Err(Error::NoUsableTestImages);
     }
     let class_list = ClassList::from_names(classes)?;
     let mut runs = Vec::new();
@@ -233,7 +199,7 @@ pub fn compare(
         });
         zs
     } else {
-        last_zs.ok_or_else(|| Error::Input("give at least one template set".into()))?
+        last_zs.ok_or(Error::NoTemplateSets)?
     };
     let counts = {
         let mut c = vec![0usize; n_classes];

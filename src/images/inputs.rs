@@ -102,14 +102,14 @@ pub fn check_input(path: &Path) -> Result<()> {
 /// is an error, and so is an empty result.
 pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     if inputs.is_empty() {
-        return Err(Error::Input(
-            "no images given: pass image files or directories".into(),
-        ));
+        return Err(Error::NoInputs);
     }
     let mut out = Vec::new();
     for p in inputs {
-        let meta =
-            std::fs::metadata(p).map_err(|e| Error::Input(format!("{}: {e}", p.display())))?;
+        let meta = std::fs::metadata(p).map_err(|source| Error::InputNotFound {
+            path: p.clone(),
+            source,
+        })?;
         if meta.is_dir() {
             out.extend(walk_images(p)?);
         } else {
@@ -117,12 +117,10 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     if out.is_empty() {
-        let list: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
-        return Err(Error::Input(format!(
-            "no images found in {} (looked for {})",
-            list.join(", "),
-            IMAGE_EXTENSIONS.join("/")
-        )));
+        return Err(Error::NoImages {
+            roots: inputs.to_vec(),
+            extensions: IMAGE_EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        });
     }
     Ok(out)
 }
@@ -130,12 +128,9 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// Reads a text file of prompts, one per line (a trailing newline does not add an empty prompt).
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        Error::Input(format!(
-            "{}: not valid UTF-8 (byte {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ))
+    let text = String::from_utf8(bytes).map_err(|e| Error::NotUtf8 {
+        path: path.to_path_buf(),
+        byte: e.utf8_error().valid_up_to(),
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     Ok(text

@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
-use crate::clip::config::{PreprocessConfig, ResizeTo};
 use crate::error::{Error, Result};
 use crate::images::decode;
 use crate::images::resize::{resize, Rgb8};
+use crate::images::settings::{PreprocessConfig, ResizeTo};
 
 pub use crate::images::decode::DEFAULT_MAX_PIXELS;
 

@@ -6,7 +6,7 @@
 //! to 22-bit fixed point, each pass rounded and clamped to 0..=255. Matching it bit for bit is
 //! what makes cliplabel's pixel values equal to transformers' PIL-based CLIP image processor.
 
-use crate::clip::config::Resample;
+use crate::images::settings::Resample;
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 

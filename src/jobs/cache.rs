@@ -239,9 +239,9 @@ impl EmbeddingCache {
             dim: self.dim,
             entries: self.entries.clone(),
         };
-        let json = serde_json::to_vec(&ix).map_err(|e| Error::Output {
+        let json = serde_json::to_vec(&ix).map_err(|source| Error::Serialize {
             path: index.clone(),
-            message: e.to_string(),
+            source,
         })?;
         let tensor = F32Tensor {
             name: "embeddings",

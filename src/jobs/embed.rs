@@ -14,7 +14,7 @@ use crate::jobs::pipeline::embed_images;
 use crate::jobs::tally::{stopped, Tally};
 use crate::jobs::writers::Failure;
 use crate::util::atomic::write_atomic;
-use crate::util::math::l2_normalize_rows;
+use crate::util::math::l2_normalize_rows_f32_sum;
 use crate::util::pathtext::path_text;
 use crate::util::safetensors_io::{write_f32, F32Tensor, SafetensorsFile};
 
@@ -161,16 +161,13 @@ pub fn embed_text_file(
     opts: &EmbedOptions,
 ) -> Result<EmbedSummary> {
     if opts.features == Features::Pooled {
-        return Err(Error::Input(
-            "--features pooled is only available for images".into(),
-        ));
+        return Err(crate::error::OptionError::PooledText.into());
     }
     let prompts = read_lines(text_file)?;
     if prompts.is_empty() {
-        return Err(Error::Input(format!(
-            "{}: no prompts (the file is empty)",
-            text_file.display()
-        )));
+        return Err(Error::NoPrompts {
+            path: text_file.to_path_buf(),
+        });
     }
     let t = engine.embed_texts(&prompts, opts.batch_size.max(1) * 8)?;
     let rows: Vec<f32> = t.flatten_all()?.to_vec1()?;
@@ -187,7 +184,7 @@ fn finish(
 ) -> Result<EmbedSummary> {
     let dim = engine.dim(opts.features, kind == EmbeddingKind::Image);
     if opts.normalize {
-        l2_normalize_rows(&mut rows, dim);
+        l2_normalize_rows_f32_sum(&mut rows, dim);
     }
     let summary = EmbedSummary {
         rows: items.len(),
@@ -238,18 +235,16 @@ pub fn sidecar_path(out: &Path) -> PathBuf {
 pub fn write_embeddings(out: &Path, rows: &[f32], sidecar: &EmbeddingsSidecar) -> Result<()> {
     let n = sidecar.items.len();
     if rows.len() != n * sidecar.dim {
-        return Err(Error::Output {
+        return Err(Error::EmbeddingValues {
             path: out.to_path_buf(),
-            message: format!(
-                "internal: {} values for {n} rows of {}",
-                rows.len(),
-                sidecar.dim
-            ),
+            values: rows.len(),
+            rows: n,
+            dim: sidecar.dim,
         });
     }
-    let json = serde_json::to_vec_pretty(sidecar).map_err(|e| Error::Output {
+    let json = serde_json::to_vec_pretty(sidecar).map_err(|source| Error::Serialize {
         path: sidecar_path(out),
-        message: e.to_string(),
+        source,
     })?;
     // The sidecar goes first so that a complete OUT always has its matching sidecar.
     let side = sidecar_path(out);

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::classify::classes::ClassList;
+use crate::classify::embedded::Embedded;
 use crate::classify::head::{train, Head, HeadMeta, Method, Normalization, TrainOptions};
 use crate::classify::templates::Templates;
 use crate::classify::zeroshot::ZeroShotClassifier;
 use crate::clip::engine::{Engine, Features};
 use crate::error::{Error, Result};
-use crate::eval::compare::Embedded;
-use crate::eval::dataset::LabelledSet;
+use crate::images::dataset::LabelledSet;
 use crate::jobs::cache::{EmbeddingCache, Embeddings};
 use crate::jobs::tally::Tally;
 use crate::jobs::writers::{failed_path, write_failure_list, Failure};
@@ -47,13 +47,13 @@ impl FitHeadOptions {
     /// (without `force`) and pooled features with a method that needs the zero-shot weights.
     pub fn check(&self, force: bool) -> Result<()> {
         if self.out.exists() && !force {
-            return Err(Error::Output {
+            return Err(Error::OutputExists {
                 path: self.out.clone(),
-                message: "already exists (pass --force to overwrite it)".into(),
+                remedy: crate::error::Remedy::Force,
             });
         }
         if self.features == Features::Pooled && self.method != Method::Probe {
-            return Err(Error::Input("--features pooled works only with the plain linear probe (zero-shot weights live in the projected space)".into()));
+            return Err(crate::error::OptionError::PooledWithZeroShot.into());
         }
         Ok(())
     }

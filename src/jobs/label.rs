@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
 use crate::classify::calibration::{Calibration, MadeFor};
 use crate::classify::classes::ClassList;
 use crate::classify::head::Head;
+/// The run identity is `classify/`'s (a calibration is checked against it); re-exported here
+/// where `OUT.run.json` is written.
+pub use crate::classify::run::{RunInfo, RunMethod};
 use crate::classify::scores::{top_k, Abstention, Scorer, Scores};
 use crate::classify::templates::Templates;
 use crate::classify::zeroshot::ZeroShotClassifier;
@@ -19,7 +20,7 @@ use crate::jobs::organize::{place, LinkMode};
 use crate::jobs::pipeline::embed_images;
 use crate::jobs::tally::{stopped, Tally};
 use crate::jobs::writers::Failure;
-use crate::jobs::writers::{FailedWriter, LabelRow, LabelWriter, UNKNOWN};
+use crate::jobs::writers::{FailedWriter, LabelRow, LabelWriter, ResumeError, UNKNOWN};
 use crate::util::atomic::write_atomic;
 use crate::util::pathtext::path_text;
 
@@ -44,35 +45,6 @@ pub struct JobOptions {
     /// say `unknown`, and rows carry its prediction set. The run refuses a calibration made
     /// for another model, scorer or class list.
     pub calibration: Option<(Calibration, PathBuf)>,
-}
-
-/// Which kind of classifier labelled a run (`method` in `OUT.run.json`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub enum RunMethod {
-    /// Zero-shot prompts (`label`).
-    #[serde(rename = "zero-shot")]
-    ZeroShot,
-    /// A head trained by `fit` (`predict`).
-    #[serde(rename = "head")]
-    Head,
-}
-
-/// What identifies a run, stored as `OUT.run.json` so that `--resume` (and merging) can refuse
-/// to mix outputs of different models or class lists.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RunInfo {
-    /// The model as given.
-    pub model: String,
-    /// Fingerprint of the model files.
-    pub model_fingerprint: String,
-    /// The scorer: `zero-shot` or `head`.
-    pub method: RunMethod,
-    /// A key of the classifier (classes, prompts, or head weights).
-    pub scorer_key: String,
-    /// Class labels in score order.
-    pub classes: Vec<String>,
-    /// Labels per row.
-    pub top_k: usize,
 }
 
 /// The path of the run description for an output.
@@ -176,7 +148,7 @@ pub fn run_job(
     let start = Instant::now();
     let classes = scorer.classes();
     if opts.top_k == 0 {
-        return Err(Error::Input("--top-k must be at least 1".into()));
+        return Err(crate::error::OptionError::TopKZero.into());
     }
     let k = opts.top_k.min(classes.len());
     let calibration = match &opts.calibration {
@@ -192,20 +164,18 @@ pub fn run_job(
         || calibration.is_some())
         && classes.iter().any(|c| c.eq_ignore_ascii_case(UNKNOWN))
     {
-        return Err(Error::Input(format!(
-            "a class is named `{UNKNOWN}`, which is also the abstention label: rename it or drop --min-score/--min-margin/--calibration"
-        )));
+        return Err(Error::ClassIsAbstentionLabel {
+            name: UNKNOWN.to_string(),
+        });
     }
     let info_path = run_info_path(&opts.out);
     if opts.resume && opts.out.exists() {
         if !info_path.exists() {
-            return Err(Error::Output {
+            return Err(ResumeError::NoRunInfo {
                 path: opts.out.clone(),
-                message: format!(
-                    "cannot resume: {} is missing, so nothing shows that this output was written by the same model, classes, prompts and --top-k; restore it, or use --force to start over",
-                    info_path.display()
-                ),
-            });
+                run_info: info_path,
+            }
+            .into());
         }
         if let Ok(bytes) = std::fs::read(&info_path) {
             let old: RunInfo = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
@@ -215,13 +185,11 @@ pub fn run_job(
             let mut now = info.clone();
             now.top_k = k;
             if old != now {
-                return Err(Error::Output {
+                return Err(ResumeError::DifferentRun {
                     path: opts.out.clone(),
-                    message: format!(
-                        "cannot resume: it was written by a different run (model, classes, prompts or --top-k differ; see {}); use --force to start over",
-                        info_path.display()
-                    ),
-                });
+                    run_info: info_path,
+                }
+                .into());
             }
         }
     }
@@ -229,9 +197,9 @@ pub fn run_job(
         LabelWriter::open_with_set(&opts.out, k, opts.resume, opts.force, with_set)?;
     let mut stored = info.clone();
     stored.top_k = k;
-    let json = serde_json::to_vec_pretty(&stored).map_err(|e| Error::Output {
+    let json = serde_json::to_vec_pretty(&stored).map_err(|source| Error::Serialize {
         path: info_path.clone(),
-        message: e.to_string(),
+        source,
     })?;
     write_atomic(&info_path, &json).map_err(|e| Error::io(&info_path, e))?;
     let mut failed = FailedWriter::new(&opts.out)?;
@@ -269,11 +237,10 @@ pub fn run_job(
                 scorer.score(values)?
             };
             if scores.len() != ok.len() {
-                return Err(Error::Input(format!(
-                    "the scorer returned {} results for {} images",
-                    scores.len(),
-                    ok.len()
-                )));
+                return Err(Error::ScorerCount {
+                    results: scores.len(),
+                    images: ok.len(),
+                });
             }
             let mut rows = Vec::with_capacity(ok.len());
             for (p, s) in ok.iter().zip(&scores) {

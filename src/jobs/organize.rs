@@ -95,7 +95,9 @@ pub fn place(src: &Path, dir: &Path, label: &str, mode: LinkMode) -> Result<Path
     let name = src
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| Error::Input(format!("{}: no file name", src.display())))?;
+        .ok_or_else(|| Error::NoFileName {
+            path: src.to_path_buf(),
+        })?;
     let name = safe_dir_name(&name);
     for attempt in 0..16u32 {
         let candidate = if attempt == 0 {
@@ -116,9 +118,8 @@ pub fn place(src: &Path, dir: &Path, label: &str, mode: LinkMode) -> Result<Path
             Err(e) => return Err(Error::io(&dest, e)),
         }
     }
-    Err(Error::Output {
+    Err(Error::NameClashes {
         path: folder.join(name),
-        message: "too many name clashes".into(),
     })
 }
 

@@ -102,10 +102,9 @@ where
         drop(rx);
         if let Err(payload) = producer.join() {
             if result.is_ok() {
-                result = Err(Error::Input(format!(
-                    "the image reading thread crashed: {}",
-                    crate::util::isolate::panic_message(payload.as_ref())
-                )));
+                result = Err(Error::ReaderCrashed {
+                    message: crate::util::isolate::panic_message(payload.as_ref()),
+                });
             }
         }
         result

@@ -65,7 +65,11 @@ struct JsonRow {
 }
 
 fn input(path: &Path, line: usize, message: impl std::fmt::Display) -> Error {
-    Error::Input(format!("{}:{line}: {message}", path.display()))
+    Error::CsvRow {
+        path: path.to_path_buf(),
+        line,
+        message: message.to_string(),
+    }
 }
 
 fn parse_score(path: &Path, line: usize, col: &str, v: &str) -> Result<Option<f32>> {
@@ -87,10 +91,9 @@ pub fn read_label_rows(path: &Path) -> Result<Vec<LabelRecord>> {
     match ext.as_deref() {
         Some("csv") => read_csv(path),
         Some("jsonl") | Some("ndjson") => read_jsonl(path),
-        _ => Err(Error::Input(format!(
-            "{}: not a label output: use a .csv or .jsonl file",
-            path.display()
-        ))),
+        _ => Err(Error::NotALabelFile {
+            path: path.to_path_buf(),
+        }),
     }
 }
 
@@ -119,7 +122,10 @@ fn read_csv(path: &Path) -> Result<Vec<LabelRecord>> {
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(false)
         .from_path(path)
-        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+        .map_err(|source| Error::Csv {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let headers = rdr
         .headers()
         .map_err(|e| input(path, 1, e))?
@@ -276,11 +282,21 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("bad.csv");
         std::fs::write(&p, "path,label,score\na.png,cat,high\n").unwrap();
-        let e = read_label_rows(&p).unwrap_err().to_string();
+        let err = read_label_rows(&p).unwrap_err();
+        match &err {
+            Error::CsvRow { path, line, .. } => assert_eq!((path, *line), (&p, 2)),
+            other => panic!("{other:?}"),
+        }
+        let e = err.to_string();
         assert!(e.contains("bad.csv:2") && e.contains("not a number"), "{e}");
         std::fs::write(&p, "file,class\n").unwrap();
         let e = read_label_rows(&p).unwrap_err().to_string();
         assert!(e.contains("`path` and `label`"), "{e}");
+        let txt = d.path().join("labels.txt");
+        assert!(matches!(
+            read_label_rows(&txt),
+            Err(Error::NotALabelFile { path }) if path == txt
+        ));
         let j = d.path().join("bad.jsonl");
         std::fs::write(&j, "{}\n").unwrap();
         assert!(read_label_rows(&j)

@@ -141,10 +141,14 @@ mod tests {
 
     #[test]
     fn stopped_names_what_was_not_done() {
-        let e = stopped(340, 1000, Error::Input("disk full".into()));
+        let e = stopped(
+            340,
+            1000,
+            Error::io("out.csv", std::io::Error::other("disk full")),
+        );
         assert_eq!(
             e.to_string(),
-            "stopped after 340 of 1000 images: disk full; 660 not processed"
+            "stopped after 340 of 1000 images: out.csv: disk full; 660 not processed"
         );
     }
 }

@@ -11,6 +11,43 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::util::atomic::write_atomic;
 
+/// Why an existing output cannot be continued with `--resume`. Each names the output (and, for
+/// a run-info mismatch, the run-info file beside it).
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    /// The output is not UTF-8 (`byte`: where the first bad byte is).
+    #[error("{path}: not UTF-8 at byte {byte}: not a cliplabel output?")]
+    NotUtf8 { path: PathBuf, byte: usize },
+    /// A CSV row of the output cannot be read.
+    #[error("{path}: cannot resume: unreadable CSV row: {source}")]
+    CsvRow {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+    /// The CSV header is not the one this run would write.
+    #[error("{path}: cannot resume: header is `{found}`, expected `{expected}` (a different --top-k or --calibration, or not a cliplabel output)")]
+    Header {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    /// A line (1-based) of a JSON lines output cannot be read.
+    #[error("{path}: cannot resume: line {line}: {source}")]
+    JsonLine {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The run-info file that ties the output to its run is missing.
+    #[error("{path}: cannot resume: {} is missing, so nothing shows that this output was written by the same model, classes, prompts and --top-k; restore it, or use --force to start over", .run_info.display())]
+    NoRunInfo { path: PathBuf, run_info: PathBuf },
+    /// The output was written by a different run.
+    #[error("{path}: cannot resume: it was written by a different run (model, classes, prompts or --top-k differ; see {}); use --force to start over", .run_info.display())]
+    DifferentRun { path: PathBuf, run_info: PathBuf },
+}
+
 /// One image that could not be processed.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Failure {
@@ -43,9 +80,8 @@ impl Format {
         {
             Some("csv") => Ok(Format::Csv),
             Some("jsonl") | Some("ndjson") => Ok(Format::Jsonl),
-            _ => Err(Error::Output {
+            _ => Err(Error::OutputFormat {
                 path: path.to_path_buf(),
-                message: "unknown output format: use a .csv or .jsonl file name".into(),
             }),
         }
     }
@@ -161,12 +197,9 @@ fn read_existing(
 ) -> Result<(HashSet<String>, u64, bool)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let valid = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let text = std::str::from_utf8(&bytes[..valid]).map_err(|e| Error::Output {
+    let text = std::str::from_utf8(&bytes[..valid]).map_err(|e| ResumeError::NotUtf8 {
         path: path.to_path_buf(),
-        message: format!(
-            "not UTF-8 at byte {}: not a cliplabel output?",
-            e.valid_up_to()
-        ),
+        byte: e.valid_up_to(),
     })?;
     let mut done = HashSet::new();
     let mut has_header = false;
@@ -177,21 +210,19 @@ fn read_existing(
                 .flexible(true)
                 .from_reader(text.as_bytes());
             for (i, rec) in rdr.records().enumerate() {
-                let rec = rec.map_err(|e| Error::Output {
+                let rec = rec.map_err(|source| ResumeError::CsvRow {
                     path: path.to_path_buf(),
-                    message: format!("cannot resume: unreadable CSV row: {e}"),
+                    source,
                 })?;
                 if i == 0 {
                     let want = csv_header_with(top_k, with_set);
                     if rec.iter().ne(want.iter().map(String::as_str)) {
-                        return Err(Error::Output {
+                        return Err(ResumeError::Header {
                             path: path.to_path_buf(),
-                            message: format!(
-                                "cannot resume: header is `{}`, expected `{}` (a different --top-k or --calibration, or not a cliplabel output)",
-                                rec.iter().collect::<Vec<_>>().join(","),
-                                want.join(",")
-                            ),
-                        });
+                            found: rec.iter().collect::<Vec<_>>().join(","),
+                            expected: want.join(","),
+                        }
+                        .into());
                     }
                     has_header = true;
                     continue;
@@ -206,10 +237,12 @@ fn read_existing(
                 if line.trim().is_empty() {
                     continue;
                 }
-                let r: JsonRow = serde_json::from_str(line).map_err(|e| Error::Output {
-                    path: path.to_path_buf(),
-                    message: format!("cannot resume: line {}: {e}", i + 1),
-                })?;
+                let r: JsonRow =
+                    serde_json::from_str(line).map_err(|source| ResumeError::JsonLine {
+                        path: path.to_path_buf(),
+                        line: i + 1,
+                        source,
+                    })?;
                 done.insert(r.path);
             }
         }
@@ -241,17 +274,16 @@ impl LabelWriter {
         let format = Format::from_path(path)?;
         let exists = path.exists();
         if exists && !resume && !force {
-            return Err(Error::Output {
+            return Err(Error::OutputExists {
                 path: path.to_path_buf(),
-                message: "already exists: pass --resume to continue it, or --force to overwrite it"
-                    .into(),
+                remedy: crate::error::Remedy::ResumeOrForce,
             });
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
-                return Err(Error::Output {
+                return Err(Error::OutputDirMissing {
                     path: path.to_path_buf(),
-                    message: format!("directory {} does not exist", dir.display()),
+                    dir: dir.to_path_buf(),
                 });
             }
         }
@@ -280,18 +312,22 @@ impl LabelWriter {
         if format == Format::Csv && !has_header {
             let mut buf = csv::Writer::from_writer(Vec::new());
             buf.write_record(csv_header_with(top_k, with_set))
-                .map_err(|e| w.err(e))?;
-            let bytes = buf.into_inner().map_err(|e| w.err(e))?;
+                .map_err(|e| w.csv_err(e))?;
+            let bytes = buf.into_inner().map_err(|e| w.buf_err(e))?;
             w.append(&bytes)?;
         }
         Ok((w, done))
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> Error {
-        Error::Output {
+    fn csv_err(&self, source: csv::Error) -> Error {
+        Error::CsvWrite {
             path: self.path.clone(),
-            message: e.to_string(),
+            source,
         }
+    }
+
+    fn buf_err(&self, e: csv::IntoInnerError<csv::Writer<Vec<u8>>>) -> Error {
+        Error::io(&self.path, e.into_error())
     }
 
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
@@ -312,9 +348,9 @@ impl LabelWriter {
                 let mut buf = csv::Writer::from_writer(Vec::new());
                 for r in rows {
                     buf.write_record(csv_record(r, self.top_k, self.with_set))
-                        .map_err(|e| self.err(e))?;
+                        .map_err(|e| self.csv_err(e))?;
                 }
-                buf.into_inner().map_err(|e| self.err(e))?
+                buf.into_inner().map_err(|e| self.buf_err(e))?
             }
             Format::Jsonl => {
                 let mut buf = Vec::new();
@@ -336,7 +372,10 @@ impl LabelWriter {
                         abstained: r.abstained,
                         set: if self.with_set { r.set.clone() } else { None },
                     };
-                    serde_json::to_writer(&mut buf, &j).map_err(|e| self.err(e))?;
+                    serde_json::to_writer(&mut buf, &j).map_err(|source| Error::Serialize {
+                        path: self.path.clone(),
+                        source,
+                    })?;
                     buf.push(b'\n');
                 }
                 buf
@@ -466,7 +505,10 @@ mod tests {
             f.write_all(b"d.png,ca").unwrap();
             drop(f);
             assert!(
-                LabelWriter::open(&out, 2, false, false).is_err(),
+                matches!(
+                    LabelWriter::open(&out, 2, false, false),
+                    Err(Error::OutputExists { ref path, remedy: crate::error::Remedy::ResumeOrForce }) if *path == out
+                ),
                 "exists without --resume"
             );
             let (mut w, done) = LabelWriter::open(&out, 2, true, false).unwrap();
@@ -478,7 +520,21 @@ mod tests {
             drop(w);
             let (_, done) = LabelWriter::open(&out, 2, true, false).unwrap();
             assert_eq!(done.len(), 3, "{ext}");
-            assert!(LabelWriter::open(&out, 3, true, false).is_err() || ext == "jsonl");
+            let other_k = LabelWriter::open(&out, 3, true, false);
+            if ext == "csv" {
+                match other_k {
+                    Err(Error::Resume(ResumeError::Header {
+                        path,
+                        found,
+                        expected,
+                    })) => {
+                        assert_eq!(path, out);
+                        assert_eq!(found, "path,label,score,label2,score2,predicted,cosine");
+                        assert!(expected.contains("label3,score3"), "{expected}");
+                    }
+                    other => panic!("{:?}", other.err()),
+                }
+            }
         }
     }
 }

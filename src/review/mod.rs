@@ -26,11 +26,11 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::clip::config::Resample;
 use crate::error::{Error, Result};
 use crate::images::limits::DEFAULT_MAX_PIXELS;
 use crate::images::preprocess::load_rgb;
 use crate::images::resize::resize;
+use crate::images::settings::Resample;
 use crate::jobs::rows::{read_label_rows, LabelRecord};
 use crate::jobs::writers::Failure;
 use crate::util::atomic::write_atomic;
@@ -165,10 +165,9 @@ pub fn write_review(
 ) -> Result<ReviewSummary> {
     let rows = read_label_rows(rows_path)?;
     if rows.is_empty() {
-        return Err(Error::Input(format!(
-            "{}: no rows to review",
-            rows_path.display()
-        )));
+        return Err(Error::NoRowsToReview {
+            path: rows_path.to_path_buf(),
+        });
     }
     let thumbs = out_dir.join("thumbs");
     std::fs::create_dir_all(&thumbs).map_err(|e| Error::io(&thumbs, e))?;
@@ -253,9 +252,9 @@ pub fn write_review(
         classes: opts.classes.clone().unwrap_or_else(|| classes_of(&rows)),
         items,
     };
-    let json = serde_json::to_string(&data).map_err(|e| Error::Output {
+    let json = serde_json::to_string(&data).map_err(|source| Error::Serialize {
         path: out_dir.join("data.js"),
-        message: e.to_string(),
+        source,
     })?;
     // `</script>` cannot occur in JSON strings once `/` after `<` is escaped.
     let js = format!(

@@ -1,5 +1,10 @@
 //! The two vector operations every classifier shares: L2 normalisation and softmax, both
 //! accumulated in f64 so that results do not depend on the embedding width's rounding.
+//!
+//! One exception is kept on purpose: `embed --normalize` has always summed the squares in f32
+//! (in input order), and its files must stay byte-identical to those of earlier versions, so it
+//! uses [`l2_normalize_rows_f32_sum`]. The classifiers, heads, `compare` and `audit` always
+//! summed in f64 and use [`l2_normalize`].
 
 /// L2-normalises `v` in place (left as is when its norm is zero). The sum of squares is
 /// accumulated in f64.
@@ -18,6 +23,18 @@ pub fn l2_normalize(v: &mut [f32]) {
 pub fn l2_normalize_rows(rows: &mut [f32], dim: usize) {
     for r in rows.chunks_exact_mut(dim.max(1)) {
         l2_normalize(r);
+    }
+}
+
+/// L2-normalises each `dim`-wide row of `rows` in place with the sum of squares accumulated in
+/// f32, left to right: what `embed --normalize` has always written (rows differ from
+/// [`l2_normalize_rows`] by up to a few 1e-8). Zero rows are left as they are.
+pub fn l2_normalize_rows_f32_sum(rows: &mut [f32], dim: usize) {
+    for r in rows.chunks_exact_mut(dim.max(1)) {
+        let n = r.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if n > 0.0 {
+            r.iter_mut().for_each(|v| *v /= n);
+        }
     }
 }
 
@@ -47,6 +64,37 @@ mod tests {
         let mut rows = vec![3.0, 4.0, 0.0, 0.0];
         l2_normalize_rows(&mut rows, 2);
         assert_eq!(rows, vec![0.6, 0.8, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn the_f32_sum_is_the_old_embed_normalisation() {
+        // Squares summed in f32 in order, as `embed --normalize` always did; zero rows kept.
+        let row: Vec<f32> = (0..512)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let mut rows = row.clone();
+        rows.extend([0.0f32; 512]);
+        l2_normalize_rows_f32_sum(&mut rows, 512);
+        let mut n = 0f32;
+        for v in &row {
+            n += v * v;
+        }
+        let n = n.sqrt();
+        for (a, b) in rows[..512].iter().zip(&row) {
+            assert_eq!(a.to_bits(), (b / n).to_bits());
+        }
+        assert!(rows[512..].iter().all(|v| *v == 0.0));
+        // The f64 sum rounds differently on some rows: that is why the two are kept apart.
+        let differs = (1..200).any(|s| {
+            let r: Vec<f32> = (0..512)
+                .map(|i| ((i * s % 997) as f32).sin() * 3.3)
+                .collect();
+            let (mut a, mut b) = (r.clone(), r);
+            l2_normalize_rows_f32_sum(&mut a, 512);
+            l2_normalize_rows(&mut b, 512);
+            a != b
+        });
+        assert!(differs);
     }
 
     #[test]

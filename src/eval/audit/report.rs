@@ -65,18 +65,15 @@ fn split_name(s: Split) -> &'static str {
 
 fn csv_bytes(header: &[&str], rows: Vec<Vec<String>>, path: &Path) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    let err = |e: csv::Error| Error::Output {
+    let err = |source: csv::Error| Error::CsvWrite {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source,
     };
     w.write_record(header).map_err(err)?;
     for r in rows {
         w.write_record(&r).map_err(err)?;
     }
-    w.into_inner().map_err(|e| Error::Output {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    w.into_inner().map_err(|e| Error::io(path, e.into_error()))
 }
 
 fn absolute(p: &Path) -> PathBuf {

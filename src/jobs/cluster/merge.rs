@@ -73,11 +73,37 @@ fn list(paths: &[String]) -> String {
     s.join(", ")
 }
 
+/// Why shard outputs cannot be merged, naming the merged output or the shard file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    /// The shards do not add up (missing, duplicated or stale shards, images not accounted
+    /// for, runs that differ): every problem found, one per entry.
+    #[error("{out}: cannot merge:\n  - {}", .problems.join("\n  - "))]
+    Problems { out: PathBuf, problems: Vec<String> },
+    /// No shard output lies beside `out`.
+    #[error("{out}: no shard outputs to merge: expected files such as {} beside it", .example.display())]
+    NoShardOutputs { out: PathBuf, example: PathBuf },
+    /// A shard file is not UTF-8 (`byte`: where the first bad byte is).
+    #[error("{path}: not UTF-8 at byte {byte}")]
+    NotUtf8 { path: PathBuf, byte: usize },
+    /// A line of a shard's JSON lines file (output or failure list) is malformed; 1-based.
+    #[error("{path}: line {line}: {message}")]
+    BadLine {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// A shard's CSV output is unreadable or has no header.
+    #[error("{path}: {message}")]
+    BadCsv { path: PathBuf, message: String },
+}
+
 fn merge_error(out: &Path, problems: Vec<String>) -> Error {
-    Error::Output {
-        path: out.to_path_buf(),
-        message: format!("cannot merge:\n  - {}", problems.join("\n  - ")),
+    MergeError::Problems {
+        out: out.to_path_buf(),
+        problems,
     }
+    .into()
 }
 
 /// The shard outputs of `out` (`STEM.shard-I-of-N.EXT` beside it), one per index `0..N`, in
@@ -98,13 +124,11 @@ pub fn find_shards(out: &Path) -> Result<Vec<(Shard, PathBuf)>> {
     }
     let example = Shard { index: 0, count: 3 }.output_path(out);
     if found.is_empty() {
-        return Err(Error::Output {
-            path: out.to_path_buf(),
-            message: format!(
-                "no shard outputs to merge: expected files such as {} beside it",
-                example.display()
-            ),
-        });
+        return Err(MergeError::NoShardOutputs {
+            out: out.to_path_buf(),
+            example,
+        }
+        .into());
     }
     found.sort_by_key(|(s, _)| (s.count, s.index));
     let counts: Vec<usize> = {
@@ -411,9 +435,9 @@ pub fn merge(out: &Path, opts: &MergeOptions) -> Result<MergeReport> {
         Format::from_path(out)?;
     }
     if out.exists() && !opts.force {
-        return Err(Error::Output {
+        return Err(Error::OutputExists {
             path: out.to_path_buf(),
-            message: "already exists: pass --force to overwrite it with the merge".into(),
+            remedy: crate::error::Remedy::ForceMerge,
         });
     }
     let shards = find_shards(out)?;
@@ -434,9 +458,12 @@ fn complete_text(path: &Path) -> Result<String> {
     let mut bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let valid = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     bytes.truncate(valid);
-    String::from_utf8(bytes).map_err(|e| Error::Output {
-        path: path.to_path_buf(),
-        message: format!("not UTF-8 at byte {}", e.utf8_error().valid_up_to()),
+    String::from_utf8(bytes).map_err(|e| {
+        MergeError::NotUtf8 {
+            path: path.to_path_buf(),
+            byte: e.utf8_error().valid_up_to(),
+        }
+        .into()
     })
 }
 
@@ -449,9 +476,13 @@ fn read_failures(path: &Path) -> Result<Vec<Failure>> {
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(n, l)| {
-            serde_json::from_str(l).map_err(|e| Error::Output {
-                path: path.to_path_buf(),
-                message: format!("line {}: {e}", n + 1),
+            serde_json::from_str(l).map_err(|e| {
+                MergeError::BadLine {
+                    path: path.to_path_buf(),
+                    line: n + 1,
+                    message: e.to_string(),
+                }
+                .into()
             })
         })
         .collect()
@@ -462,9 +493,20 @@ type LabelRows = (Option<String>, Vec<(String, String)>);
 
 fn read_label_rows(path: &Path, format: Format) -> Result<LabelRows> {
     let text = complete_text(path)?;
-    let bad = |m: String| Error::Output {
-        path: path.to_path_buf(),
-        message: m,
+    let bad = |m: String| -> Error {
+        MergeError::BadCsv {
+            path: path.to_path_buf(),
+            message: m,
+        }
+        .into()
+    };
+    let bad_line = |line: usize, m: String| -> Error {
+        MergeError::BadLine {
+            path: path.to_path_buf(),
+            line,
+            message: m,
+        }
+        .into()
     };
     match format {
         Format::Csv => {
@@ -504,11 +546,11 @@ fn read_label_rows(path: &Path, format: Format) -> Result<LabelRows> {
                     continue;
                 }
                 let v: serde_json::Value =
-                    serde_json::from_str(line).map_err(|e| bad(format!("line {}: {e}", n + 1)))?;
+                    serde_json::from_str(line).map_err(|e| bad_line(n + 1, e.to_string()))?;
                 let p = v
                     .get("path")
                     .and_then(|p| p.as_str())
-                    .ok_or_else(|| bad(format!("line {}: no `path`", n + 1)))?;
+                    .ok_or_else(|| bad_line(n + 1, "no `path`".into()))?;
                 rows.push((p.to_string(), line.to_string()));
             }
             Ok((None, rows))

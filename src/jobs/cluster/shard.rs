@@ -40,39 +40,106 @@ impl std::fmt::Display for Shard {
     }
 }
 
-fn parse_count(what: &str, s: &str) -> Result<usize> {
+/// Why a task's shard could not be worked out: a bad `--shard`/`--shard-count` value or a
+/// scheduler environment that does not describe a regular array of tasks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    /// `name` (a flag or an environment variable) is not a non-negative integer.
+    #[error("{name}: expected a non-negative integer, got `{value}`")]
+    NotANumber { name: String, value: String },
+    /// `name`'s value does not fit in a `usize`.
+    #[error("{name}: `{value}` is too large")]
+    TooLarge { name: String, value: String },
+    /// A shard count of 0.
+    #[error("the shard count must be at least 1")]
+    ZeroCount,
+    /// `index >= count`.
+    #[error("shard index {index} is out of range for {count} shards (indices are 0-based: 0..={})", .count - 1)]
+    IndexOutOfRange { index: usize, count: usize },
+    /// `--shard` is not of the form `I/N`.
+    #[error("--shard: expected I/N such as 0/4 (shard I of N, 0-based), got `{value}`")]
+    NotIOfN { value: String },
+    /// `--shard` with `--shard-from-env` or `--shard-count`.
+    #[error("--shard I/N cannot be combined with --shard-from-env or --shard-count")]
+    Conflicting,
+    /// `--shard-count 0`.
+    #[error("--shard-count must be at least 1")]
+    ZeroShardCount,
+    /// Kubernetes' completion index does not fit `--shard-count`.
+    #[error("JOB_COMPLETION_INDEX={index} but --shard-count is {count}: set --shard-count to the Job's spec.completions")]
+    CompletionIndexBeyondCount { index: usize, count: usize },
+    /// A Slurm array id does not fit `--shard-count`.
+    #[error("SLURM_ARRAY_TASK_ID={index} but --shard-count is {count}: with --shard-count the array ids are the shard indices; submit the array as --array=0-{}", .count - 1)]
+    ArrayIdBeyondCount { index: usize, count: usize },
+    /// `--shard-count` outside a scheduler.
+    #[error("--shard-count needs JOB_COMPLETION_INDEX (a Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID (a Slurm array task) in the environment; neither is set")]
+    NoTaskIndex,
+    /// `--shard-from-env` in a Kubernetes Indexed Job, which does not export its size.
+    #[error("JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job), which does not say how many shards there are: pass --shard-count N (the Job's spec.completions)")]
+    IndexedJobNeedsCount,
+    /// `--shard-from-env` outside a scheduler.
+    #[error("--shard-from-env: neither SLURM_ARRAY_TASK_ID (Slurm array job) nor JOB_COMPLETION_INDEX (Kubernetes Indexed Job) is set; use --shard I/N outside a scheduler")]
+    NoScheduler,
+    /// `SLURM_ARRAY_TASK_ID` is missing.
+    #[error("SLURM_ARRAY_TASK_ID is not set")]
+    NoArrayTaskId,
+    /// `SLURM_ARRAY_TASK_MAX < SLURM_ARRAY_TASK_MIN`.
+    #[error("SLURM_ARRAY_TASK_MAX={max} is below SLURM_ARRAY_TASK_MIN={min}")]
+    ArrayMaxBelowMin { max: usize, min: usize },
+    /// The array's count and its range disagree (an array such as `--array=1,5,9`).
+    #[error("the Slurm array is not a regular range (SLURM_ARRAY_TASK_COUNT={count}, but MIN..MAX step {step} holds {in_range} ids): submit it as --array=0-{} or pass --shard I/N", .count.saturating_sub(1))]
+    IrregularArray {
+        count: usize,
+        step: usize,
+        in_range: usize,
+    },
+    /// Neither the array's count nor its maximum is set.
+    #[error("SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor SLURM_ARRAY_TASK_MAX is: cannot tell how many shards there are")]
+    ArraySizeUnknown,
+    /// The array id is not `MIN + k * STEP`.
+    #[error("SLURM_ARRAY_TASK_ID={id} is not in the array MIN={min} step {step}: submit the array as --array=0-{} or pass --shard I/N", .count.saturating_sub(1))]
+    IdNotInArray {
+        id: usize,
+        min: usize,
+        step: usize,
+        count: usize,
+    },
+    /// The array id lies beyond the array's count.
+    #[error("SLURM_ARRAY_TASK_ID={id} does not fit an array of {count} tasks from {min}: submit it as --array=0-{} or pass --shard I/N", .count.saturating_sub(1))]
+    IdBeyondArray { id: usize, count: usize, min: usize },
+}
+
+fn parse_count(what: &str, s: &str) -> std::result::Result<usize, ShardError> {
     let t = s.trim();
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Error::Input(format!(
-            "{what}: expected a non-negative integer, got `{s}`"
-        )));
+        return Err(ShardError::NotANumber {
+            name: what.into(),
+            value: s.into(),
+        });
     }
-    t.parse()
-        .map_err(|_| Error::Input(format!("{what}: `{s}` is too large")))
+    t.parse().map_err(|_| ShardError::TooLarge {
+        name: what.into(),
+        value: s.into(),
+    })
 }
 
 impl Shard {
     /// Shard `index` of `count`; errors when `count` is 0 or `index >= count`.
     pub fn new(index: usize, count: usize) -> Result<Self> {
         if count == 0 {
-            return Err(Error::Input("the shard count must be at least 1".into()));
+            return Err(ShardError::ZeroCount.into());
         }
         if index >= count {
-            return Err(Error::Input(format!(
-                "shard index {index} is out of range for {count} shards (indices are 0-based: 0..={})",
-                count - 1
-            )));
+            return Err(ShardError::IndexOutOfRange { index, count }.into());
         }
         Ok(Shard { index, count })
     }
 
     /// Parses `I/N` (0-based `I`), e.g. `0/4` … `3/4`.
     pub fn parse(s: &str) -> Result<Self> {
-        let (i, n) = s.split_once('/').ok_or_else(|| {
-            Error::Input(format!(
-                "--shard: expected I/N such as 0/4 (shard I of N, 0-based), got `{s}`"
-            ))
-        })?;
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| ShardError::NotIOfN { value: s.into() })?;
         Shard::new(parse_count("--shard", i)?, parse_count("--shard", n)?)
     }
 
@@ -98,50 +165,37 @@ impl Shard {
     ) -> Result<Option<Shard>> {
         if let Some(s) = explicit {
             if from_env || shard_count.is_some() {
-                return Err(Error::Input(
-                    "--shard I/N cannot be combined with --shard-from-env or --shard-count".into(),
-                ));
+                return Err(ShardError::Conflicting.into());
             }
             return Ok(Some(s));
         }
         let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         if let Some(n) = shard_count {
             if n == 0 {
-                return Err(Error::Input("--shard-count must be at least 1".into()));
+                return Err(ShardError::ZeroShardCount.into());
             }
             if let Some(v) = get("JOB_COMPLETION_INDEX") {
                 let i = parse_count("JOB_COMPLETION_INDEX", &v)?;
                 return Shard::new(i, n).map(Some).map_err(|_| {
-                    Error::Input(format!(
-                        "JOB_COMPLETION_INDEX={i} but --shard-count is {n}: set --shard-count to the Job's spec.completions"
-                    ))
+                    ShardError::CompletionIndexBeyondCount { index: i, count: n }.into()
                 });
             }
             if let Some(v) = get("SLURM_ARRAY_TASK_ID") {
                 let i = parse_count("SLURM_ARRAY_TASK_ID", &v)?;
-                return Shard::new(i, n).map(Some).map_err(|_| {
-                    Error::Input(format!(
-                        "SLURM_ARRAY_TASK_ID={i} but --shard-count is {n}: with --shard-count the array ids are the shard indices; submit the array as --array=0-{}",
-                        n - 1
-                    ))
-                });
+                return Shard::new(i, n)
+                    .map(Some)
+                    .map_err(|_| ShardError::ArrayIdBeyondCount { index: i, count: n }.into());
             }
-            return Err(Error::Input(
-                "--shard-count needs JOB_COMPLETION_INDEX (a Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID (a Slurm array task) in the environment; neither is set".into(),
-            ));
+            return Err(ShardError::NoTaskIndex.into());
         }
         if from_env {
             if get("SLURM_ARRAY_TASK_ID").is_some() {
                 return slurm_shard(&get).map(Some);
             }
             if get("JOB_COMPLETION_INDEX").is_some() {
-                return Err(Error::Input(
-                    "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job), which does not say how many shards there are: pass --shard-count N (the Job's spec.completions)".into(),
-                ));
+                return Err(ShardError::IndexedJobNeedsCount.into());
             }
-            return Err(Error::Input(
-                "--shard-from-env: neither SLURM_ARRAY_TASK_ID (Slurm array job) nor JOB_COMPLETION_INDEX (Kubernetes Indexed Job) is set; use --shard I/N outside a scheduler".into(),
-            ));
+            return Err(ShardError::NoScheduler.into());
         }
         Ok(None)
     }
@@ -185,17 +239,16 @@ impl FromStr for Shard {
 }
 
 fn slurm_shard(get: &dyn Fn(&str) -> Option<String>) -> Result<Shard> {
-    let num = |k: &str| -> Result<Option<usize>> { get(k).map(|v| parse_count(k, &v)).transpose() };
-    let id = num("SLURM_ARRAY_TASK_ID")?
-        .ok_or_else(|| Error::Input("SLURM_ARRAY_TASK_ID is not set".into()))?;
+    let num = |k: &str| -> std::result::Result<Option<usize>, ShardError> {
+        get(k).map(|v| parse_count(k, &v)).transpose()
+    };
+    let id = num("SLURM_ARRAY_TASK_ID")?.ok_or(ShardError::NoArrayTaskId)?;
     let min = num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
     let step = num("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
     let from_range = num("SLURM_ARRAY_TASK_MAX")?
         .map(|max| {
             if max < min {
-                Err(Error::Input(format!(
-                    "SLURM_ARRAY_TASK_MAX={max} is below SLURM_ARRAY_TASK_MIN={min}"
-                )))
+                Err(ShardError::ArrayMaxBelowMin { max, min })
             } else {
                 Ok((max - min) / step + 1)
             }
@@ -203,31 +256,28 @@ fn slurm_shard(get: &dyn Fn(&str) -> Option<String>) -> Result<Shard> {
         .transpose()?;
     let count = match (num("SLURM_ARRAY_TASK_COUNT")?, from_range) {
         (Some(c), Some(r)) if c != r => {
-            return Err(Error::Input(format!(
-                "the Slurm array is not a regular range (SLURM_ARRAY_TASK_COUNT={c}, but MIN..MAX step {step} holds {r} ids): submit it as --array=0-{} or pass --shard I/N",
-                c.saturating_sub(1)
-            )))
+            return Err(ShardError::IrregularArray {
+                count: c,
+                step,
+                in_range: r,
+            }
+            .into())
         }
         (Some(c), _) => c,
         (None, Some(r)) => r,
-        (None, None) => {
-            return Err(Error::Input(
-                "SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor SLURM_ARRAY_TASK_MAX is: cannot tell how many shards there are".into(),
-            ))
-        }
+        (None, None) => return Err(ShardError::ArraySizeUnknown.into()),
     };
     if id < min || (id - min) % step != 0 {
-        return Err(Error::Input(format!(
-            "SLURM_ARRAY_TASK_ID={id} is not in the array MIN={min} step {step}: submit the array as --array=0-{} or pass --shard I/N",
-            count.saturating_sub(1)
-        )));
+        return Err(ShardError::IdNotInArray {
+            id,
+            min,
+            step,
+            count,
+        }
+        .into());
     }
-    Shard::new((id - min) / step, count).map_err(|_| {
-        Error::Input(format!(
-            "SLURM_ARRAY_TASK_ID={id} does not fit an array of {count} tasks from {min}: submit it as --array=0-{} or pass --shard I/N",
-            count.saturating_sub(1)
-        ))
-    })
+    Shard::new((id - min) / step, count)
+        .map_err(|_| ShardError::IdBeyondArray { id, count, min }.into())
 }
 
 /// A note for a task that runs unsharded inside an array job (and so processes every input),
@@ -392,9 +442,9 @@ impl ShardPlan {
     /// Writes the manifest beside the shard's output (atomically).
     pub fn write_manifest(&self) -> Result<()> {
         let path = manifest_path(&self.out);
-        let json = serde_json::to_vec(&self.manifest).map_err(|e| Error::Output {
+        let json = serde_json::to_vec(&self.manifest).map_err(|source| Error::Serialize {
             path: path.clone(),
-            message: e.to_string(),
+            source,
         })?;
         write_atomic(&path, &json).map_err(|e| Error::io(&path, e))
     }
@@ -524,6 +574,44 @@ pub fn parse_output_name(out: &Path, name: &str) -> Option<Shard> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn shard_errors_carry_the_values_behind_them() {
+        let e = Shard::parse("3/x").unwrap_err();
+        assert!(
+            matches!(&e, Error::Shard(ShardError::NotANumber { name, value }) if name == "--shard" && value == "x"),
+            "{e:?}"
+        );
+        let e = Shard::parse("4/4").unwrap_err();
+        assert!(matches!(
+            e,
+            Error::Shard(ShardError::IndexOutOfRange { index: 4, count: 4 })
+        ));
+        assert_eq!(
+            e.to_string(),
+            "shard index 4 is out of range for 4 shards (indices are 0-based: 0..=3)"
+        );
+        let env = env_of(&[
+            ("SLURM_ARRAY_TASK_ID", "5"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_MAX", "9"),
+            ("SLURM_ARRAY_TASK_STEP", "4"),
+            ("SLURM_ARRAY_TASK_COUNT", "5"),
+        ]);
+        let e = Shard::resolve(None, true, None, env).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Shard(ShardError::IrregularArray {
+                    count: 5,
+                    step: 4,
+                    in_range: 3
+                })
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.kind(), crate::ErrorKind::Input);
+    }
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: HashMap<String, String> = pairs

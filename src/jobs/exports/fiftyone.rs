@@ -85,9 +85,9 @@ pub fn write(
     }
     let path = out.join("labels.json");
     let doc = json!({"classes": classes, "labels": labels});
-    let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| Error::Output {
+    let bytes = serde_json::to_vec_pretty(&doc).map_err(|source| Error::Serialize {
         path: path.clone(),
-        message: e.to_string(),
+        source,
     })?;
     write_atomic(&path, &bytes).map_err(|e| Error::io(&path, e))?;
     summary.files.push(path);

@@ -78,9 +78,9 @@ pub fn write(
         .map(|(i, r)| task(i, r, opts))
         .collect();
     let tasks_path = out.join("tasks.json");
-    let json = serde_json::to_vec_pretty(&tasks).map_err(|e| Error::Output {
+    let json = serde_json::to_vec_pretty(&tasks).map_err(|source| Error::Serialize {
         path: tasks_path.clone(),
-        message: e.to_string(),
+        source,
     })?;
     write_atomic(&tasks_path, &json).map_err(|e| Error::io(&tasks_path, e))?;
     let config_path = out.join("config.xml");

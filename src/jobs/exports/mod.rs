@@ -49,9 +49,9 @@ impl std::str::FromStr for ExportFormat {
             "labelstudio" | "label-studio" => Ok(ExportFormat::LabelStudio),
             "cvat" => Ok(ExportFormat::Cvat),
             "fiftyone" => Ok(ExportFormat::FiftyOne),
-            _ => Err(Error::Input(format!(
-                "unknown export format `{s}`: use labelstudio, cvat or fiftyone"
-            ))),
+            _ => Err(Error::UnknownExportFormat {
+                value: s.to_string(),
+            }),
         }
     }
 }
@@ -121,10 +121,10 @@ pub fn export(
     for r in rows {
         if let Some(c) = r.class() {
             if !classes.iter().any(|k| k == c) {
-                return Err(Error::Input(format!(
-                    "{}: label `{c}` is not in the class list",
-                    r.path
-                )));
+                return Err(Error::LabelNotInClasses {
+                    path: r.path.clone(),
+                    label: c.to_string(),
+                });
             }
         }
     }

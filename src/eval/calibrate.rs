@@ -14,8 +14,8 @@ use crate::classify::templates::Templates;
 use crate::classify::zeroshot::ZeroShotClassifier;
 use crate::clip::engine::Engine;
 use crate::error::{Error, Result};
-use crate::eval::dataset::LabelledSet;
 use crate::eval::report::calibration::write_calibration_report;
+use crate::images::dataset::LabelledSet;
 use crate::jobs::cache::{EmbeddingCache, Embeddings};
 use crate::jobs::label::{head_run_info, zero_shot_run_info};
 use crate::jobs::tally::Tally;
@@ -89,9 +89,9 @@ pub fn calibrate_labelled_set(
 ) -> Result<CalibrateSummary> {
     let start = Instant::now();
     if opts.out.exists() && opts.out.is_dir() {
-        return Err(Error::Output {
+        return Err(Error::OutputIsDirectory {
             path: opts.out.clone(),
-            message: "is a directory; --out takes a file such as cal.json".into(),
+            example: "cal.json".into(),
         });
     }
     let (zs, info);

@@ -5,6 +5,47 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::images::inputs::walk_images;
 
+/// Why a labelled set cannot be read, naming the folder or the CSV file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// An ImageFolder directory without class sub-folders.
+    #[error("{path}: no class folders (expected the ImageFolder layout DIR/<class>/<image>)")]
+    NoClassFolders { path: PathBuf },
+    /// A class folder without images.
+    #[error("{path}: class folder has no images")]
+    EmptyClassFolder { path: PathBuf },
+    /// The CSV file cannot be opened or its header read.
+    #[error("{path}: {source}")]
+    Csv {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+    /// The CSV header lacks a column.
+    #[error("{path}: no `{column}` column in the header")]
+    MissingColumn { path: PathBuf, column: String },
+    /// A CSV row (`line`, 1-based, the header being line 1) cannot be read.
+    #[error("{path}:{line}: {source}")]
+    BadRow {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: csv::Error,
+    },
+    /// A CSV row lacks its path or label.
+    #[error("{path}:{line}: missing path or label")]
+    MissingField { path: PathBuf, line: usize },
+    /// A CSV row has an empty path or label.
+    #[error("{path}:{line}: empty path or label")]
+    EmptyField { path: PathBuf, line: usize },
+    /// The CSV has a header but no rows.
+    #[error("{path}: no rows")]
+    NoRows { path: PathBuf },
+    /// A set (`what`: e.g. "the test set") has a class the training set lacks.
+    #[error("{what} has class `{class}`, which the training set does not have")]
+    UnknownClass { what: String, class: String },
+}
+
 /// Images with their class indices.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelledSet {
@@ -31,10 +72,10 @@ impl LabelledSet {
         }
         class_dirs.sort();
         if class_dirs.is_empty() {
-            return Err(Error::Input(format!(
-                "{}: no class folders (expected the ImageFolder layout DIR/<class>/<image>)",
-                dir.display()
-            )));
+            return Err(DatasetError::NoClassFolders {
+                path: dir.to_path_buf(),
+            }
+            .into());
         }
         let mut set = LabelledSet {
             classes: Vec::new(),
@@ -44,10 +85,7 @@ impl LabelledSet {
         for (i, cd) in class_dirs.iter().enumerate() {
             let imgs = walk_images(cd)?;
             if imgs.is_empty() {
-                return Err(Error::Input(format!(
-                    "{}: class folder has no images",
-                    cd.display()
-                )));
+                return Err(DatasetError::EmptyClassFolder { path: cd.clone() }.into());
             }
             set.classes.push(
                 cd.file_name()
@@ -63,21 +101,19 @@ impl LabelledSet {
     /// Reads a CSV with a header containing `path` and `label` columns; relative paths are
     /// resolved against the CSV's directory.
     pub fn from_csv(file: &Path) -> Result<Self> {
-        let mut rdr = csv::Reader::from_path(file)
-            .map_err(|e| Error::Input(format!("{}: {e}", file.display())))?;
-        let headers = rdr
-            .headers()
-            .map_err(|e| Error::Input(format!("{}: {e}", file.display())))?
-            .clone();
+        let csv_err = |source: csv::Error| DatasetError::Csv {
+            path: file.to_path_buf(),
+            source,
+        };
+        let mut rdr = csv::Reader::from_path(file).map_err(csv_err)?;
+        let headers = rdr.headers().map_err(csv_err)?.clone();
         let col = |name: &str| {
             headers
                 .iter()
                 .position(|h| h.trim() == name)
-                .ok_or_else(|| {
-                    Error::Input(format!(
-                        "{}: no `{name}` column in the header",
-                        file.display()
-                    ))
+                .ok_or_else(|| DatasetError::MissingColumn {
+                    path: file.to_path_buf(),
+                    column: name.to_string(),
                 })
         };
         let (pc, lc) = (col("path")?, col("label")?);
@@ -89,19 +125,25 @@ impl LabelledSet {
         };
         for (i, rec) in rdr.records().enumerate() {
             let line = i + 2;
-            let rec = rec.map_err(|e| Error::Input(format!("{}:{line}: {e}", file.display())))?;
+            let rec = rec.map_err(|source| DatasetError::BadRow {
+                path: file.to_path_buf(),
+                line,
+                source,
+            })?;
             let (Some(p), Some(l)) = (rec.get(pc), rec.get(lc)) else {
-                return Err(Error::Input(format!(
-                    "{}:{line}: missing path or label",
-                    file.display()
-                )));
+                return Err(DatasetError::MissingField {
+                    path: file.to_path_buf(),
+                    line,
+                }
+                .into());
             };
             let l = l.trim();
             if p.trim().is_empty() || l.is_empty() {
-                return Err(Error::Input(format!(
-                    "{}:{line}: empty path or label",
-                    file.display()
-                )));
+                return Err(DatasetError::EmptyField {
+                    path: file.to_path_buf(),
+                    line,
+                }
+                .into());
             }
             let idx = match set.classes.iter().position(|c| c == l) {
                 Some(i) => i,
@@ -117,7 +159,10 @@ impl LabelledSet {
             set.labels.push(idx);
         }
         if set.paths.is_empty() {
-            return Err(Error::Input(format!("{}: no rows", file.display())));
+            return Err(DatasetError::NoRows {
+                path: file.to_path_buf(),
+            }
+            .into());
         }
         Ok(set)
     }
@@ -139,9 +184,10 @@ impl LabelledSet {
             .iter()
             .map(|c| {
                 classes.iter().position(|k| k == c).ok_or_else(|| {
-                    Error::Input(format!(
-                        "{what} has class `{c}`, which the training set does not have"
-                    ))
+                    Error::from(DatasetError::UnknownClass {
+                        what: what.to_string(),
+                        class: c.clone(),
+                    })
                 })
             })
             .collect::<Result<_>>()?;
@@ -182,5 +228,40 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("`path`"));
+    }
+
+    #[test]
+    fn csv_errors_name_the_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let csv = d.path().join("l.csv");
+        std::fs::write(&csv, "path,label\na.png,cat\nb.png, \n").unwrap();
+        let e = LabelledSet::from_csv(&csv).unwrap_err();
+        match &e {
+            Error::Dataset(DatasetError::EmptyField { path, line }) => {
+                assert_eq!((path.as_path(), *line), (csv.as_path(), 3));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            e.to_string(),
+            format!("{}:3: empty path or label", csv.display())
+        );
+        assert_eq!(e.kind(), crate::ErrorKind::Input);
+        std::fs::write(&csv, "path,label\n").unwrap();
+        assert!(matches!(
+            LabelledSet::from_csv(&csv),
+            Err(Error::Dataset(DatasetError::NoRows { .. }))
+        ));
+        let e = LabelledSet {
+            classes: vec!["bird".into()],
+            paths: vec!["x.png".into()],
+            labels: vec![0],
+        }
+        .align_to(&["cat".into()], "the test set")
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::Dataset(DatasetError::UnknownClass { what, class }) if what == "the test set" && class == "bird"),
+            "{e:?}"
+        );
     }
 }
