@@ -13,6 +13,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_encoder -- scratch/full-vit-b32 --batch 32 --iters 4 --threads 2
+//! cargo run --release --example bench_encoder -- models/shapes-clip --kernels avx2 --threads 2
 //! cargo run --release --example bench_encoder -- scratch/full-vit-b32 --text --threads 2
 //! ```
 
@@ -58,6 +59,10 @@ struct Args {
     /// Arithmetic of the encoders' linear layers: fp32, bf16 or int8.
     #[arg(long, default_value = "fp32")]
     precision: cliplabel::Precision,
+    /// Kernels for the linear layers and attention: auto, avx512, avx2 or candle (what
+    /// `CLIPLABEL_KERNELS` sets for the binary).
+    #[arg(long, default_value = "auto")]
+    kernels: cliplabel::Kernels,
     /// Prompts per text batch (text mode; `cliplabel embed --text-file` uses 8 × --batch-size = 256).
     #[arg(long, default_value_t = 256)]
     text_batch: usize,
@@ -274,6 +279,7 @@ fn main() -> anyhow::Result<()> {
         EngineOptions::new(&a.model)
             .device(candle_core::Device::Cpu)
             .threads(a.threads)
+            .kernels(a.kernels)
             .precision(a.precision),
     )?;
     let threads = a.threads.unwrap_or_else(rayon::current_num_threads);
@@ -285,6 +291,10 @@ fn main() -> anyhow::Result<()> {
     };
     v["load_seconds"] = serde_json::json!(load_s);
     v["precision"] = serde_json::json!(engine.precision());
+    v["kernels"] = serde_json::json!(engine.model().kernels().name());
+    if let Some(note) = engine.model().kernels_note() {
+        v["kernels_note"] = serde_json::json!(note);
+    }
     if let Some(note) = engine.precision_note() {
         v["precision_note"] = serde_json::json!(note);
     }
