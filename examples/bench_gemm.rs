@@ -38,6 +38,50 @@ fn cpu_ns() -> u64 {
         .sum()
 }
 
+/// Floating-point operations of a register-only loop of independent FMAs (24 chains of 16 lanes
+/// for AVX-512, 12 of 8 for AVX2), about 0.3 s of work; `isa` must be available.
+#[cfg(target_arch = "x86_64")]
+fn peak(isa: Isa) -> f64 {
+    use std::arch::x86_64::*;
+    #[target_feature(enable = "avx512f")]
+    fn p512(n: usize) -> f64 {
+        let x = std::hint::black_box(_mm512_set1_ps(1e-3));
+        let mut acc = [_mm512_setzero_ps(); 24];
+        for _ in 0..n {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(x, x, *a);
+            }
+        }
+        std::hint::black_box(acc);
+        (n * 24 * 32) as f64
+    }
+    #[target_feature(enable = "avx2,fma")]
+    fn p256(n: usize) -> f64 {
+        let x = std::hint::black_box(_mm256_set1_ps(1e-3));
+        let mut acc = [_mm256_setzero_ps(); 12];
+        for _ in 0..n {
+            for a in acc.iter_mut() {
+                *a = _mm256_fmadd_ps(x, x, *a);
+            }
+        }
+        std::hint::black_box(acc);
+        (n * 12 * 16) as f64
+    }
+    assert!(isa.available());
+    // SAFETY: the CPU has `isa` (asserted above).
+    unsafe {
+        match isa {
+            Isa::Avx512 => p512(2_000_000),
+            Isa::Avx2 => p256(4_000_000),
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn peak(_: Isa) -> f64 {
+    unreachable!("no packed kernels off x86_64")
+}
+
 /// Wall-clock and CPU seconds of `f`.
 fn timed<T>(f: impl FnOnce() -> T) -> (T, f64, f64) {
     let (c, t) = (cpu_ns(), Instant::now());
@@ -57,6 +101,20 @@ fn main() -> anyhow::Result<()> {
         rayon::current_num_threads(),
         isas
     );
+    // The ceiling: independent FMA chains in registers, no memory.
+    for &isa in &isas {
+        let mut v: Vec<f64> = (0..5)
+            .map(|_| {
+                let (flops, _, cpu) = timed(|| peak(isa));
+                flops / cpu / 1e9
+            })
+            .collect();
+        println!(
+            "{} register-only FMA loop: {:.1} GFLOP/CPU-s (median of 5)",
+            isa.name(),
+            median(&mut v)
+        );
+    }
     for (name, n, k) in [
         ("qkv", 2304, 768),
         ("out", 768, 768),

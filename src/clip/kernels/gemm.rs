@@ -5,7 +5,8 @@
 //! panels sized for one instruction set ([`Isa`]), and multiplies with a register-blocked kernel
 //! that reads the input rows in place and adds the bias (and `quick_gelu`) in the same pass:
 //! 12x32 with AVX-512F (below), 6x16 with AVX2 + FMA ([`super::gemm_avx2`]). The blocking
-//! (depth `KC`, column chunks of about `NC_COLS` per task) and the rayon split are shared.
+//! (passes of a fixed depth, column chunks of about `NC_COLS` per task) and the rayon split
+//! are shared.
 //! CPUs with neither keep candle's matmul.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
@@ -18,17 +19,19 @@ const NR: usize = 32;
 /// Rows of the output computed by one AVX-512 kernel call; `MR * 2` accumulators stay in
 /// registers.
 const MR: usize = 12;
-/// Depth of one pass over the packed weights.
+/// Depth of one pass over the packed weights (AVX-512).
 const KC: usize = 768;
 /// Most columns one task computes (24 AVX-512 panels, 48 AVX2 panels).
 const NC_COLS: usize = 768;
 
 impl Isa {
-    /// `(rows, columns)` of the output one kernel call computes; columns is the panel width.
-    fn block(self) -> (usize, usize) {
+    /// `(rows, columns)` of the output one kernel call computes (columns: the panel width),
+    /// and the depth of one pass.
+    fn block(self) -> (usize, usize, usize) {
+        use super::gemm_avx2 as avx2;
         match self {
-            Isa::Avx512 => (MR, NR),
-            Isa::Avx2 => (super::gemm_avx2::MR, super::gemm_avx2::NR),
+            Isa::Avx512 => (MR, NR, KC),
+            Isa::Avx2 => (avx2::MR, avx2::NR, avx2::KC),
         }
     }
 }
@@ -146,7 +149,7 @@ impl PackedWeight {
             self.isa.name()
         );
         let (n, k, isa) = (self.n, self.k, self.isa);
-        let (mr, nr) = isa.block();
+        let (mr, nr, kc_max) = isa.block();
         assert_eq!(x.len(), m * k, "input must hold m * k values");
         if m == 0 || n == 0 {
             return;
@@ -195,7 +198,7 @@ impl PackedWeight {
             let out_ptr = &out_ptr;
             let mut k0 = 0;
             while k0 < k {
-                let kc = KC.min(k - k0);
+                let kc = kc_max.min(k - k0);
                 for q in 0..mp {
                     let rows = mr.min(m - q * mr);
                     let a = A {
