@@ -18,6 +18,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_encoder -- scratch/full-vit-b32 --batch 32 --iters 4 --threads 2
+//! cargo run --release --example bench_encoder -- models/shapes-clip --kernels avx2 --threads 2
 //! cargo run --release --example bench_encoder -- scratch/full-vit-b32 --text --threads 2
 //! ```
 
@@ -69,6 +70,10 @@ struct Args {
     /// Image mode: write the last pass's projected features here (little-endian f32, batch × D).
     #[arg(long, value_name = "FILE")]
     dump: Option<PathBuf>,
+    /// Kernels for the linear layers and attention: auto, avx512, avx2 or candle (what
+    /// `CLIPLABEL_KERNELS` sets for the binary).
+    #[arg(long, default_value = "auto")]
+    kernels: cliplabel::Kernels,
     /// Prompts per text batch (text mode; `cliplabel embed --text-file` uses 8 × --batch-size = 256).
     #[arg(long, default_value_t = 256)]
     text_batch: usize,
@@ -184,6 +189,19 @@ fn read_lines(path: &PathBuf) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// Nanoseconds this process's threads have spent on a CPU (Linux's
+/// `/proc/self/task/*/schedstat`; 0 elsewhere): images per CPU-second are less sensitive than
+/// images per second to other processes taking the cores of a shared machine.
+fn cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn bench_images(engine: &Engine, a: &Args, threads: usize) -> anyhow::Result<serde_json::Value> {
     let size = engine.model().config.vision.image_size;
     // The CLIP mean/std (the values do not affect speed; they keep the inputs realistic).
@@ -240,6 +258,7 @@ fn bench_images(engine: &Engine, a: &Args, threads: usize) -> anyhow::Result<ser
     }
     let mut per_iter = Vec::with_capacity(a.iters);
     let mut last = None;
+    let cpu0 = cpu_ns();
     let start = Instant::now();
     for _ in 0..a.iters.max(1) {
         let t = Instant::now();
@@ -250,6 +269,7 @@ fn bench_images(engine: &Engine, a: &Args, threads: usize) -> anyhow::Result<ser
         last = Some(out);
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu_secs = (cpu_ns() - cpu0) as f64 * 1e-9;
     if let (Some(path), Some(out)) = (&a.dump, last) {
         let values: Vec<f32> = out.flatten_all()?.to_vec1()?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -264,6 +284,8 @@ fn bench_images(engine: &Engine, a: &Args, threads: usize) -> anyhow::Result<ser
         "seconds": secs,
         "images_per_s": images as f64 / secs,
         "ms_per_image": secs * 1e3 / images as f64,
+        "cpu_seconds": cpu_secs,
+        "images_per_cpu_s": images as f64 / cpu_secs,
         "seconds_per_iter": per_iter,
     }))
 }
@@ -320,6 +342,7 @@ fn main() -> anyhow::Result<()> {
         EngineOptions::new(&a.model)
             .device(candle_core::Device::Cpu)
             .threads(a.threads)
+            .kernels(a.kernels)
             .precision(a.precision),
     )?;
     let threads = a.threads.unwrap_or_else(rayon::current_num_threads);
@@ -331,6 +354,10 @@ fn main() -> anyhow::Result<()> {
     };
     v["load_seconds"] = serde_json::json!(load_s);
     v["precision"] = serde_json::json!(engine.precision());
+    v["kernels"] = serde_json::json!(engine.model().kernels().name());
+    if let Some(note) = engine.model().kernels_note() {
+        v["kernels_note"] = serde_json::json!(note);
+    }
     if let Some(note) = engine.precision_note() {
         v["precision_note"] = serde_json::json!(note);
     }

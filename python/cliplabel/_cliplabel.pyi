@@ -31,7 +31,7 @@ class Engine:
         max_pixels: Optional[int] = None,
         hub_cache: Optional[StrPath] = None,
         offline: Optional[bool] = None,
-        kernels: Optional[Literal["auto", "candle"]] = None,
+        kernels: Optional[Literal["auto", "avx512", "avx2", "candle"]] = None,
     ) -> None: ...
     @property
     def model(self) -> str:

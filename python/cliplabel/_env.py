@@ -21,7 +21,9 @@ def _hub_cache() -> str:
 
 
 def _kernels() -> str:
-    return "candle" if os.environ.get("CLIPLABEL_KERNELS", "").lower() == "candle" else "auto"
+    # As the binary: auto, avx512, avx2 or candle; unset or empty means auto (an unknown value
+    # raises ValueError when the engine is built).
+    return os.environ.get("CLIPLABEL_KERNELS", "").strip().lower() or "auto"
 
 
 def hub_and_kernels() -> tuple[str, bool, str]:

@@ -255,15 +255,10 @@ impl PyEngine {
         let env = py.import("cliplabel._env")?;
         let (env_cache, env_offline, env_kernels): (PathBuf, bool, String) =
             env.getattr("hub_and_kernels")?.call0()?.extract()?;
-        let kernels = match kernels.unwrap_or(env_kernels).as_str() {
-            "auto" => Kernels::Auto,
-            "candle" => Kernels::Candle,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "kernels must be \"auto\" or \"candle\", not {other:?}"
-                )))
-            }
-        };
+        let kernels: Kernels = kernels
+            .unwrap_or(env_kernels)
+            .parse()
+            .map_err(PyValueError::new_err)?;
         if let Some(n) = threads.filter(|&n| n > 0) {
             // candle's CPU kernels size their work by RAYON_NUM_THREADS (as in the binary).
             env.getattr("set_threads")?.call1((n,))?;

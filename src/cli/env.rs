@@ -9,7 +9,8 @@ use cliplabel::clip::model::Kernels;
 
 /// What cliplabel takes from the environment.
 pub struct Env {
-    /// `CLIPLABEL_KERNELS=candle` selects candle's matmul; otherwise automatic.
+    /// `CLIPLABEL_KERNELS=auto|avx512|avx2|candle` forces a matrix-multiply path (unset or
+    /// empty: `auto`).
     pub kernels: Kernels,
     /// The default cache directory: `$CLIPLABEL_CACHE`, else `$XDG_CACHE_HOME/cliplabel`, else
     /// `~/.cache/cliplabel`.
@@ -24,10 +25,7 @@ impl Env {
     /// Reads the process environment.
     pub fn read() -> Self {
         let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-        let kernels = match std::env::var("CLIPLABEL_KERNELS") {
-            Ok(v) if v.eq_ignore_ascii_case("candle") => Kernels::Candle,
-            _ => Kernels::Auto,
-        };
+        let kernels = read_kernels(std::env::var("CLIPLABEL_KERNELS").ok().as_deref());
         let cache_dir = var("CLIPLABEL_CACHE")
             .map(PathBuf::from)
             .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("cliplabel")))
@@ -55,5 +53,25 @@ impl Env {
     /// A scheduler variable, as read at start-up.
     pub fn scheduler_var(&self, key: &str) -> Option<String> {
         self.scheduler.get(key).cloned()
+    }
+}
+
+/// `CLIPLABEL_KERNELS`'s value as [`Kernels`]. An unknown value, and a forced path this CPU
+/// lacks, are said on stderr (once, at start-up) and run the fallback: `auto`, or the next path.
+fn read_kernels(value: Option<&str>) -> Kernels {
+    let Some(v) = value.filter(|v| !v.trim().is_empty()) else {
+        return Kernels::Auto;
+    };
+    match v.parse::<Kernels>() {
+        Ok(k) => {
+            if let Some(note) = k.resolve().1 {
+                eprintln!("note: CLIPLABEL_KERNELS: {note}");
+            }
+            k
+        }
+        Err(e) => {
+            eprintln!("warning: CLIPLABEL_KERNELS: {e}; using auto");
+            Kernels::Auto
+        }
     }
 }

@@ -13,20 +13,112 @@ use candle_nn::{LayerNorm, Linear};
 use crate::clip::checkpoint::{expected_tensors, Checkpoint};
 use crate::clip::config::{Activation, ClipConfig, TowerConfig};
 use crate::clip::kernels::attention::{FusedAttention, Queries};
-use crate::clip::kernels::gemm::{self, Epilogue, PackedWeight};
+use crate::clip::kernels::gemm::{Epilogue, PackedWeight};
 use crate::clip::kernels::gemm_bf16::PackedBf16;
 use crate::clip::kernels::gemm_int8::PackedInt8;
 use crate::clip::kernels::precision::{self, LinearOp, Precision};
+use crate::clip::kernels::simd::Isa;
 use crate::error::{ModelInputError, Result};
 
-/// Which matrix multiply the model's linear layers use on the CPU.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which matrix multiply (and attention) the model's linear layers use on the CPU
+/// (`CLIPLABEL_KERNELS=auto|avx512|avx2|candle` for the binary).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Kernels {
-    /// cliplabel's packed AVX-512 kernels where the CPU has AVX-512, candle's matmul otherwise.
+    /// The best this CPU has: cliplabel's packed AVX-512 kernels, else its AVX2 + FMA kernels,
+    /// else candle's matmul.
     #[default]
     Auto,
-    /// candle's matmul everywhere; the baseline the packed kernels are tested against.
+    /// cliplabel's packed AVX-512 kernels (fp32, bf16, int8).
+    Avx512,
+    /// cliplabel's packed AVX2 + FMA kernels (fp32 only: bf16 and int8 need AVX-512 and fall
+    /// back to fp32 with a note).
+    Avx2,
+    /// candle's matmul and attention everywhere; the baseline the packed kernels are tested
+    /// against.
     Candle,
+}
+
+impl Kernels {
+    /// Every choice, in the order `Auto` tries the paths after itself.
+    pub const ALL: [Kernels; 4] = [
+        Kernels::Auto,
+        Kernels::Avx512,
+        Kernels::Avx2,
+        Kernels::Candle,
+    ];
+
+    /// The name `CLIPLABEL_KERNELS` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernels::Auto => "auto",
+            Kernels::Avx512 => "avx512",
+            Kernels::Avx2 => "avx2",
+            Kernels::Candle => "candle",
+        }
+    }
+
+    /// The path `self` takes on this CPU (never `Auto`), and a one-line note when that is not
+    /// the path asked for: a forced path the CPU lacks falls back to the next one (AVX-512 to
+    /// AVX2 to candle).
+    pub fn resolve(self) -> (Kernels, Option<String>) {
+        self.resolve_for(Isa::Avx512.available(), Isa::Avx2.available())
+    }
+
+    /// [`Kernels::resolve`] on a CPU with AVX-512F (`avx512`) and AVX2 + FMA (`avx2`) or not.
+    fn resolve_for(self, avx512: bool, avx2: bool) -> (Kernels, Option<String>) {
+        let next = |from_avx512: bool| {
+            if from_avx512 && avx2 {
+                Kernels::Avx2
+            } else {
+                Kernels::Candle
+            }
+        };
+        match self {
+            Kernels::Auto if avx512 => (Kernels::Avx512, None),
+            Kernels::Auto => (next(true), None),
+            Kernels::Candle => (Kernels::Candle, None),
+            Kernels::Avx512 if avx512 => (Kernels::Avx512, None),
+            Kernels::Avx2 if avx2 => (Kernels::Avx2, None),
+            Kernels::Avx512 | Kernels::Avx2 => {
+                let (got, isa) = if self == Kernels::Avx512 {
+                    (next(true), "AVX-512F")
+                } else {
+                    (next(false), "AVX2 and FMA")
+                };
+                let note = format!(
+                    "kernels {self} need {isa}, which this CPU lacks: using {got}",
+                    self = self.name(),
+                    got = got.name()
+                );
+                (got, Some(note))
+            }
+        }
+    }
+
+    /// The packed kernels' instruction set for a resolved path (`None`: candle's).
+    fn isa(self) -> Option<Isa> {
+        match self {
+            Kernels::Avx512 => Some(Isa::Avx512),
+            Kernels::Avx2 => Some(Isa::Avx2),
+            Kernels::Auto | Kernels::Candle => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Kernels::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("unknown kernels {s:?} (expected auto, avx512, avx2 or candle)"))
+    }
 }
 
 /// A linear layer `x · Wᵀ + b`: packed for cliplabel's kernels, or candle's.
@@ -38,22 +130,23 @@ enum Dense {
 }
 
 impl Dense {
-    /// `precision` must be one [`precision::resolve`] allows with `packed`.
+    /// Packed for `isa`'s kernels (`None`: candle's matmul). `precision` must be one
+    /// [`precision::resolve`] allows with `isa`.
     fn new(
         weight: Tensor,
         bias: Option<Tensor>,
-        packed: bool,
+        isa: Option<Isa>,
         precision: Precision,
     ) -> Result<Self> {
-        if !packed {
+        let Some(isa) = isa else {
             return Ok(Dense::Candle(Linear::new(weight, bias)));
-        }
+        };
         let (n, k) = weight.dims2()?;
         let w = weight.flatten_all()?.to_vec1::<f32>()?;
         let b = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
         let b = b.as_deref();
         Ok(match precision {
-            Precision::Fp32 => Dense::Packed(PackedWeight::new(&w, b, n, k)),
+            Precision::Fp32 => Dense::Packed(PackedWeight::new_for(isa, &w, b, n, k)),
             Precision::Bf16 => Dense::Bf16(PackedBf16::new(&w, b, n, k)),
             Precision::Int8 => Dense::Int8(PackedInt8::new(&w, b, n, k)),
         })
@@ -92,8 +185,8 @@ impl Dense {
 struct Loader<'a> {
     ckpt: &'a Checkpoint,
     device: &'a Device,
-    /// Whether linear layers are packed for cliplabel's kernels.
-    packed: bool,
+    /// The instruction set the linear layers are packed for (`None`: candle's matmul).
+    isa: Option<Isa>,
     /// The arithmetic of the encoder layers' matrix multiplies (already resolved).
     precision: Precision,
 }
@@ -114,12 +207,12 @@ impl Loader<'_> {
     /// An encoder layer's linear map, in the model's precision.
     fn linear(&self, prefix: &str, bias: bool) -> Result<Dense> {
         let (w, b) = self.tensors(prefix, bias)?;
-        Dense::new(w, b, self.packed, self.precision)
+        Dense::new(w, b, self.isa, self.precision)
     }
     /// A linear map kept in fp32 whatever the precision (embedding, final projections).
     fn linear_fp32(&self, prefix: &str, bias: bool) -> Result<Dense> {
         let (w, b) = self.tensors(prefix, bias)?;
-        Dense::new(w, b, self.packed, Precision::Fp32)
+        Dense::new(w, b, self.isa, Precision::Fp32)
     }
     fn layer_norm(&self, prefix: &str, eps: f64) -> Result<LayerNorm> {
         Ok(LayerNorm::new(
@@ -136,8 +229,9 @@ struct Attention {
     heads: usize,
     head_dim: usize,
     scale: f64,
-    /// Whether attention runs as one fused CPU kernel (with the packed kernels).
-    fused: bool,
+    /// The vector loops of the fused CPU attention (with the packed kernels); `None`:
+    /// candle's composition.
+    fused: Option<Isa>,
 }
 
 impl Attention {
@@ -153,12 +247,12 @@ impl Attention {
         };
         let head_dim = t.hidden_size / t.num_attention_heads;
         Ok(Attention {
-            qkv: Dense::new(w, b, l.packed, l.precision)?,
+            qkv: Dense::new(w, b, l.isa, l.precision)?,
             out: l.linear(&format!("{prefix}.out_proj"), true)?,
             heads: t.num_attention_heads,
             head_dim,
             scale: (head_dim as f64).powf(-0.5),
-            fused: l.packed,
+            fused: l.isa,
         })
     }
 
@@ -166,12 +260,13 @@ impl Attention {
     /// values from every row; `causal` hides keys after each query's position. Returns
     /// `[b, queries.per_sequence(s), d]`.
     fn attend(&self, qkv: &Tensor, queries: &Queries, causal: bool) -> Result<Tensor> {
-        if self.fused {
+        if let Some(isa) = self.fused {
             let op = FusedAttention {
                 heads: self.heads,
                 scale: self.scale as f32,
                 causal,
                 queries: queries.clone(),
+                isa: Some(isa),
             };
             return Ok(qkv.contiguous()?.apply_op1_no_bwd(&op)?);
         }
@@ -374,6 +469,8 @@ pub struct ClipModel {
     device: Device,
     precision: Precision,
     precision_note: Option<String>,
+    kernels: Kernels,
+    kernels_note: Option<String>,
 }
 
 impl ClipModel {
@@ -405,13 +502,23 @@ impl ClipModel {
         for (name, shape) in expected_tensors(&config) {
             ckpt.check(&name, &shape)?;
         }
-        let packed = kernels == Kernels::Auto && device.is_cpu() && gemm::available();
-        let (precision, precision_note) =
-            precision::resolve(precision, packed, precision::Caps::detect());
+        let (kernels, kernels_note) = if device.is_cpu() {
+            kernels.resolve()
+        } else {
+            let note = matches!(kernels, Kernels::Avx512 | Kernels::Avx2)
+                .then(|| format!("kernels {kernels} apply to the CPU only: using candle"));
+            (Kernels::Candle, note)
+        };
+        let isa = kernels.isa();
+        let (precision, precision_note) = precision::resolve(
+            precision,
+            isa == Some(Isa::Avx512),
+            precision::Caps::detect(),
+        );
         let l = Loader {
             ckpt,
             device,
-            packed,
+            isa,
             precision,
         };
         let vc = &config.vision;
@@ -430,7 +537,7 @@ impl ClipModel {
             )?,
             text_projection: l.linear_fp32("text_projection", false)?,
             class_embedding: l.get("vision_model.embeddings.class_embedding")?,
-            patch_embedding: Dense::new(patch_weight, None, packed, Precision::Fp32)?,
+            patch_embedding: Dense::new(patch_weight, None, isa, Precision::Fp32)?,
             vision_positions: l.get("vision_model.embeddings.position_embedding.weight")?,
             pre_ln: l.layer_norm("vision_model.pre_layrnorm", vc.tower.layer_norm_eps)?,
             vision_encoder: Encoder::load(&l, "vision_model.encoder", &vc.tower)?,
@@ -441,7 +548,19 @@ impl ClipModel {
             config,
             precision,
             precision_note,
+            kernels,
+            kernels_note,
         })
+    }
+
+    /// The kernels the linear layers and attention run on (never [`Kernels::Auto`]).
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Why the kernels differ from the ones requested (one line), if they do.
+    pub fn kernels_note(&self) -> Option<&str> {
+        self.kernels_note.as_deref()
     }
 
     /// The precision the encoder layers run in.
@@ -638,16 +757,36 @@ mod tests {
         max_abs(&(a - b).unwrap()) / max_abs(b).max(1.0)
     }
 
-    /// The packed kernels (where this CPU has them) and candle's matmul give the same features,
-    /// so the fallback path used on other CPUs is checked here too.
+    /// The packed paths this CPU has, each forced.
+    fn packed_paths() -> Vec<Kernels> {
+        let paths: Vec<Kernels> = [Kernels::Avx512, Kernels::Avx2]
+            .into_iter()
+            .filter(|k| k.resolve().0 == *k)
+            .collect();
+        if paths.len() < 2 {
+            eprintln!("note: this CPU runs only {paths:?} of the packed paths");
+        }
+        paths
+    }
+
+    /// Each packed path (AVX-512, AVX2, where this CPU has them, and `Auto`) gives candle's
+    /// features, so the fallback path used on other CPUs is checked here too.
     #[test]
     fn packed_and_candle_kernels_agree() {
-        for dir in [
+        let mut paths = packed_paths();
+        paths.push(Kernels::Auto);
+        for (dir, kernels) in [
             "tests/fixtures/tiny-clip",
             "tests/fixtures/tiny-clip-gelu-f16",
-        ] {
-            let auto = load(dir, Kernels::Auto);
+        ]
+        .into_iter()
+        .flat_map(|d| paths.iter().map(move |&k| (d, k)))
+        {
+            let auto = load(dir, kernels);
+            assert_eq!(auto.kernels(), kernels.resolve().0);
+            assert_eq!(auto.kernels_note(), None);
             let candle = load(dir, Kernels::Candle);
+            assert_eq!(candle.kernels(), Kernels::Candle);
             let s = auto.config.vision.image_size;
             let values: Vec<f32> = (0..3 * 3 * s * s)
                 .map(|i| (i as f32 * 0.37).sin() * 1.5)
@@ -657,7 +796,10 @@ mod tests {
                 &auto.image_features(&pixels).unwrap(),
                 &candle.image_features(&pixels).unwrap(),
             );
-            assert!(d < 1e-5, "{dir}: image features differ by {d} (relative)");
+            assert!(
+                d < 1e-5,
+                "{dir} {kernels}: image features differ by {d} (relative)"
+            );
             let ids = Tensor::new(
                 &[
                     [49406u32, 320, 1125, 539, 49407, 49407],
@@ -670,7 +812,10 @@ mod tests {
                 &auto.text_features(&ids, &[4, 2]).unwrap(),
                 &candle.text_features(&ids, &[4, 2]).unwrap(),
             );
-            assert!(d < 1e-5, "{dir}: text features differ by {d} (relative)");
+            assert!(
+                d < 1e-5,
+                "{dir} {kernels}: text features differ by {d} (relative)"
+            );
         }
     }
 
@@ -681,7 +826,7 @@ mod tests {
             "tests/fixtures/tiny-clip",
             "tests/fixtures/tiny-clip-gelu-f16",
         ] {
-            for kernels in [Kernels::Auto, Kernels::Candle] {
+            for kernels in Kernels::ALL {
                 let m = load(dir, kernels);
                 // "<sot> a photo of a" then three different endings, padded with <eot>.
                 let prefix = [49406u32, 320, 1125, 539, 320];
@@ -714,6 +859,82 @@ mod tests {
                     ),
                     "{dir}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn kernels_parse_and_fall_back_one_step_with_a_note() {
+        for k in Kernels::ALL {
+            assert_eq!(k.name().parse::<Kernels>(), Ok(k));
+            assert_eq!(k.to_string(), k.name());
+        }
+        assert_eq!("AVX2".parse::<Kernels>(), Ok(Kernels::Avx2));
+        let err = "avx".parse::<Kernels>().unwrap_err();
+        assert!(
+            err.contains("\"avx\"") && err.contains("avx512, avx2 or candle"),
+            "{err}"
+        );
+        // (avx512, avx2) present
+        let cpus = [(true, true), (false, true), (false, false)];
+        let want = |k: Kernels, cpu: (bool, bool)| match (k, cpu) {
+            (Kernels::Candle, _) => Kernels::Candle,
+            (Kernels::Auto | Kernels::Avx512, (true, _)) => Kernels::Avx512,
+            (Kernels::Auto | Kernels::Avx512 | Kernels::Avx2, (false, true)) => Kernels::Avx2,
+            (Kernels::Avx2, (true, true)) => Kernels::Avx2,
+            _ => Kernels::Candle,
+        };
+        for cpu in cpus {
+            for k in Kernels::ALL {
+                let (got, note) = k.resolve_for(cpu.0, cpu.1);
+                assert_eq!(got, want(k, cpu), "{k} on {cpu:?}");
+                // A note exactly where a forced path is missing.
+                let forced_missing =
+                    (k == Kernels::Avx512 && !cpu.0) || (k == Kernels::Avx2 && !cpu.1);
+                assert_eq!(note.is_some(), forced_missing, "{k} on {cpu:?}: {note:?}");
+                if let Some(note) = note {
+                    assert!(
+                        note.contains(k.name())
+                            && note.ends_with(got.name())
+                            && !note.contains('\n'),
+                        "{note}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// bf16 and int8 need the AVX-512 kernels: under the AVX2 kernels (and candle's) they fall
+    /// back to fp32 with a note; under forced AVX-512 they run where the CPU has them.
+    #[test]
+    fn low_precision_falls_back_to_fp32_without_the_avx512_kernels() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
+        let config = ClipConfig::from_file(&dir.join("config.json")).unwrap();
+        let ckpt = Checkpoint::open(&[dir.join("model.safetensors")]).unwrap();
+        for kernels in [Kernels::Avx2, Kernels::Candle] {
+            for p in [Precision::Bf16, Precision::Int8] {
+                let m =
+                    ClipModel::load_with_precision(config.clone(), &ckpt, &Device::Cpu, kernels, p)
+                        .unwrap();
+                assert_eq!(m.precision(), Precision::Fp32, "{kernels} {p}");
+                let note = m.precision_note().unwrap();
+                assert!(
+                    note.contains("AVX-512") && note.contains("running fp32"),
+                    "{note}"
+                );
+            }
+        }
+        if Kernels::Avx512.resolve().0 == Kernels::Avx512 {
+            for p in Precision::ALL.into_iter().filter(|p| p.native()) {
+                let m = ClipModel::load_with_precision(
+                    config.clone(),
+                    &ckpt,
+                    &Device::Cpu,
+                    Kernels::Avx512,
+                    p,
+                )
+                .unwrap();
+                assert_eq!((m.precision(), m.kernels()), (p, Kernels::Avx512));
             }
         }
     }

@@ -3,10 +3,14 @@
 //! candle's composition (split Q/K/V into contiguous copies, batched matmul, softmax, a second
 //! batched matmul, transpose back) makes five passes over memory and many small matrix
 //! multiplies. Here each (sequence, head) pair is one task that reads Q, K and V in place from
-//! the fused QKV projection's output and writes its slice of the result rows directly.
+//! the fused QKV projection's output and writes its slice of the result rows directly. The two
+//! products (scores, weighted sum of values) have AVX-512 and AVX2 + FMA loops ([`Isa`]) and a
+//! portable fallback.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
+
+use crate::clip::kernels::simd::Isa;
 
 /// Sizes of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -68,41 +72,24 @@ impl Queries {
 ///
 /// The result holds the rows chosen by `queries`, sequence by sequence:
 /// `[batch * queries.per_sequence(seq), heads * head_dim]`. `causal` lets a query see only keys
-/// at or before its own position.
+/// at or before its own position. The loops are `isa`'s (`None`: portable).
+///
+/// Panics if the CPU lacks `isa`.
 pub fn attention(
     qkv: &[f32],
     shape: AttentionShape,
     scale: f32,
     causal: bool,
     queries: &Queries,
+    isa: Option<Isa>,
 ) -> Vec<f32> {
-    attention_with(qkv, shape, scale, causal, queries, simd_available())
-}
-
-fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
+    if let Some(isa) = isa {
+        assert!(
+            isa.available(),
+            "{} loops on a CPU without them",
+            isa.name()
+        );
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// [`attention`], with the AVX-512 loops only when `simd` (which requires the CPU to have them).
-fn attention_with(
-    qkv: &[f32],
-    shape: AttentionShape,
-    scale: f32,
-    causal: bool,
-    queries: &Queries,
-    simd: bool,
-) -> Vec<f32> {
-    assert!(
-        !simd || simd_available(),
-        "AVX-512 loops on a CPU without AVX-512"
-    );
     let AttentionShape {
         batch,
         seq,
@@ -135,13 +122,12 @@ fn attention_with(
             h: task % heads,
             out: &out_ptr,
         };
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: AVX-512F is available (asserted above).
-            unsafe { job.run_avx512() };
-            return;
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has `isa` (asserted above).
+            Some(isa) => unsafe { job.run_simd(isa) },
+            _ => job.run(),
         }
-        job.run();
     });
     out
 }
@@ -159,10 +145,13 @@ struct Task<'a> {
 }
 
 impl Task<'_> {
-    /// [`Task::run`] with register-blocked AVX-512 loops for the two products.
+    /// [`Task::run`] with register-blocked vector loops (AVX-512 or AVX2) for the two
+    /// products.
+    ///
+    /// # Safety
+    /// The CPU has `isa`.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn run_avx512(&self) {
+    unsafe fn run_simd(&self, isa: Isa) {
         let (seq, hd, d, h) = (self.shape.seq, self.shape.head_dim, self.d(), self.h);
         let seq_base = self.b * seq * 3 * d;
         let at = |j: usize, part: usize| seq_base + j * 3 * d + part * d + h * hd;
@@ -180,18 +169,27 @@ impl Task<'_> {
             let visible = if self.causal { i + 1 } else { seq };
             let q = &self.qkv[at(i, 0)..at(i, 0) + hd];
             // SAFETY: `kt` is hd x sp and `scores` holds sp values, sp >= visible rounded up
-            // to 16; value rows lie inside `qkv` (checked by `attention`).
+            // to 16; value rows lie inside `qkv` (checked by `attention`); the CPU has `isa`.
             unsafe {
-                x86::scores(q, &kt, sp, visible, self.scale, &mut scores);
-                softmax(&mut scores[..visible]);
                 let v0 = self.qkv.as_ptr().add(at(0, 2));
-                x86::weighted_sum(&scores[..visible], v0, 3 * d, &mut o);
+                match isa {
+                    Isa::Avx512 => {
+                        x86::scores(q, &kt, sp, visible, self.scale, &mut scores);
+                        softmax(&mut scores[..visible], Some(isa));
+                        x86::weighted_sum(&scores[..visible], v0, 3 * d, &mut o);
+                    }
+                    Isa::Avx2 => {
+                        x86_avx2::scores(q, &kt, sp, visible, self.scale, &mut scores);
+                        softmax(&mut scores[..visible], Some(isa));
+                        x86_avx2::weighted_sum(&scores[..visible], v0, 3 * d, &mut o);
+                    }
+                }
                 std::ptr::copy_nonoverlapping(o.as_ptr(), self.out.0.add(out_row * d + h * hd), hd);
             }
         }
     }
 
-    /// Portable version of [`Task::run_avx512`].
+    /// Portable version of [`Task::run_simd`].
     fn run(&self) {
         let (seq, hd, d, h) = (self.shape.seq, self.shape.head_dim, self.d(), self.h);
         let seq_base = self.b * seq * 3 * d;
@@ -207,7 +205,7 @@ impl Task<'_> {
             for (j, s) in scores[..visible].iter_mut().enumerate() {
                 *s = q.iter().zip(row(j, 1)).map(|(a, b)| a * b).sum::<f32>() * self.scale;
             }
-            softmax(&mut scores[..visible]);
+            softmax(&mut scores[..visible], None);
             o.fill(0.0);
             for (j, &p) in scores[..visible].iter().enumerate() {
                 for (acc, &v) in o.iter_mut().zip(row(j, 2)) {
@@ -334,13 +332,122 @@ mod x86 {
     }
 }
 
-/// In-place softmax: `e^(x - max) / sum`, as candle's `softmax_last_dim` computes it.
-fn softmax(x: &mut [f32]) {
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2 {
+    use std::arch::x86_64::*;
+
+    /// As [`super::x86::scores`] with 8-lane registers, 32 keys at a time.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `kt` holds `q.len() * sp` values and `sc` at least `n` rounded up to 8,
+    /// which must not exceed `sp`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores(
+        q: &[f32],
+        kt: &[f32],
+        sp: usize,
+        n: usize,
+        scale: f32,
+        sc: &mut [f32],
+    ) {
+        debug_assert!(n.div_ceil(8) * 8 <= sp && kt.len() >= q.len() * sp && sc.len() >= sp);
+        let mut j0 = 0;
+        while j0 < n {
+            match (n - j0).div_ceil(8) {
+                1 => scores_block::<1>(q, kt, sp, j0, scale, sc),
+                2 => scores_block::<2>(q, kt, sp, j0, scale, sc),
+                3 => scores_block::<3>(q, kt, sp, j0, scale, sc),
+                _ => scores_block::<4>(q, kt, sp, j0, scale, sc),
+            }
+            j0 += 32;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn scores_block<const C: usize>(
+        q: &[f32],
+        kt: &[f32],
+        sp: usize,
+        j0: usize,
+        scale: f32,
+        sc: &mut [f32],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); C];
+        let base = kt.as_ptr().add(j0);
+        for (t, &qt) in q.iter().enumerate() {
+            let qv = _mm256_set1_ps(qt);
+            let row = base.add(t * sp);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(row.add(8 * c)), *a);
+            }
+        }
+        let s = _mm256_set1_ps(scale);
+        for (c, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(sc.as_mut_ptr().add(j0 + 8 * c), _mm256_mul_ps(*a, s));
+        }
+    }
+
+    /// As [`super::x86::weighted_sum`] with 8-lane registers, 32 values of `o` at a time.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `v` valid for `p.len()` rows of `o.len()` values, `stride` apart.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_sum(p: &[f32], v: *const f32, stride: usize, o: &mut [f32]) {
+        let hd = o.len();
+        let mut t0 = 0;
+        while t0 < hd {
+            match (hd - t0).div_ceil(8) {
+                1 => sum_block::<1>(p, v, stride, t0, o),
+                2 => sum_block::<2>(p, v, stride, t0, o),
+                3 => sum_block::<3>(p, v, stride, t0, o),
+                _ => sum_block::<4>(p, v, stride, t0, o),
+            }
+            t0 += 32;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn sum_block<const C: usize>(
+        p: &[f32],
+        v: *const f32,
+        stride: usize,
+        t0: usize,
+        o: &mut [f32],
+    ) {
+        let hd = o.len();
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let masks: [__m256i; C] = std::array::from_fn(|c| {
+            let left = hd.saturating_sub(t0 + 8 * c).min(8);
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(left as i32), lanes)
+        });
+        let full = t0 + 8 * C <= hd;
+        let mut acc = [_mm256_setzero_ps(); C];
+        for (j, &pj) in p.iter().enumerate() {
+            let pv = _mm256_set1_ps(pj);
+            let row = v.add(j * stride + t0);
+            for (c, a) in acc.iter_mut().enumerate() {
+                let x = if full {
+                    _mm256_loadu_ps(row.add(8 * c))
+                } else {
+                    _mm256_maskload_ps(row.add(8 * c), masks[c])
+                };
+                *a = _mm256_fmadd_ps(pv, x, *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            _mm256_maskstore_ps(o.as_mut_ptr().add(t0 + 8 * c), masks[c], *a);
+        }
+    }
+}
+
+/// In-place softmax: `e^(x - max) / sum`, as candle's `softmax_last_dim` computes it, with
+/// `isa`'s vector `exp` (`None`: scalar).
+fn softmax(x: &mut [f32], isa: Option<Isa>) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     for v in x.iter_mut() {
         *v -= max;
     }
-    crate::clip::kernels::simd::exp_in_place(x);
+    crate::clip::kernels::simd::exp_in_place_with(x, isa);
     let sum: f32 = x.iter().sum();
     for v in x.iter_mut() {
         *v /= sum;
@@ -363,6 +470,8 @@ pub struct FusedAttention {
     pub causal: bool,
     /// The query rows computed.
     pub queries: Queries,
+    /// The vector loops used (`None`: portable); the CPU must have them.
+    pub isa: Option<Isa>,
 }
 
 impl CustomOp1 for FusedAttention {
@@ -393,7 +502,17 @@ impl CustomOp1 for FusedAttention {
             heads: self.heads,
             head_dim: d / self.heads,
         };
-        let out = attention(data, shape, self.scale, self.causal, &self.queries);
+        if let Some(isa) = self.isa.filter(|i| !i.available()) {
+            candle_core::bail!("fused-attention: this CPU lacks {}", isa.name())
+        }
+        let out = attention(
+            data,
+            shape,
+            self.scale,
+            self.causal,
+            &self.queries,
+            self.isa,
+        );
         let rows = self.queries.per_sequence(seq);
         Ok((CpuStorage::F32(out), Shape::from((batch, rows, d))))
     }
@@ -489,18 +608,23 @@ mod tests {
             let scale = (shape.head_dim as f32).powf(-0.5);
             let d = shape.heads * shape.head_dim;
             let rows: Vec<usize> = (0..shape.batch).map(|b| (b * 5) % shape.seq).collect();
-            for simd in [false, simd_available()] {
-                let all = attention_with(&qkv, shape, scale, causal, &Queries::All, simd);
+            let mut paths = vec![None];
+            paths.extend(Isa::ALL.into_iter().filter(|i| i.available()).map(Some));
+            for isa in paths {
+                let all = attention(&qkv, shape, scale, causal, &Queries::All, isa);
                 let picked = Queries::Rows(rows.clone());
-                let some = attention_with(&qkv, shape, scale, causal, &picked, simd);
+                let some = attention(&qkv, shape, scale, causal, &picked, isa);
                 let p = shape.seq / 2;
-                let tail = attention_with(&qkv, shape, scale, causal, &Queries::From(p), simd);
+                let tail = attention(&qkv, shape, scale, causal, &Queries::From(p), isa);
                 for b in 0..shape.batch {
                     for i in 0..shape.seq {
                         let want = reference(&qkv, shape, scale, causal, b, i);
                         let got = &all[(b * shape.seq + i) * d..][..d];
                         for (g, w) in got.iter().zip(&want) {
-                            assert!((g - w).abs() < 1e-5, "{shape:?} b={b} i={i}: {g} vs {w}");
+                            assert!(
+                                (g - w).abs() < 1e-5,
+                                "{isa:?} {shape:?} b={b} i={i}: {g} vs {w}"
+                            );
                         }
                         if rows[b] == i {
                             assert_eq!(&some[b * d..(b + 1) * d], got, "selected row {i} of {b}");

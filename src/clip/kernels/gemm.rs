@@ -1,32 +1,44 @@
 //! Packed single-precision matrix multiply for the transformers' linear layers.
 //!
-//! candle's CPU matmul (the `gemm` crate) runs AVX2 kernels on stable Rust, even on CPUs with
-//! AVX-512. Where the CPU has AVX-512, [`PackedWeight`] repacks each weight matrix once, at load
-//! time, into 32-column panels, and multiplies with a 12x32 register-blocked AVX-512 kernel that
-//! reads the input rows in place and adds the bias in the same pass. Elsewhere the model keeps candle's matmul.
+//! candle's CPU matmul (the `gemm` crate) runs generic AVX2 kernels on stable Rust, even on CPUs
+//! with AVX-512. [`PackedWeight`] repacks each weight matrix once, at load time, into column
+//! panels sized for one instruction set ([`Isa`]), and multiplies with a register-blocked kernel
+//! that reads the input rows in place and adds the bias (and `quick_gelu`) in the same pass:
+//! 12x32 with AVX-512F (below), 6x16 with AVX2 + FMA ([`super::gemm_avx2`]). The blocking
+//! (passes of a fixed depth, column chunks of about `NC_COLS` per task) and the rayon split
+//! are shared.
+//! CPUs with neither keep candle's matmul.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
-/// Columns of the output computed by one kernel call (two 16-lane registers).
-const NR: usize = 32;
-/// Rows of the output computed by one kernel call; `MR * 2` accumulators stay in registers.
-const MR: usize = 12;
-/// Depth of one pass over the packed weights.
-const KC: usize = 768;
-/// Most column panels one task computes.
-const NC: usize = 24;
+pub use crate::clip::kernels::simd::Isa;
 
-/// Whether this CPU can run the packed kernels.
+/// Columns of the output computed by one AVX-512 kernel call (two 16-lane registers).
+const NR: usize = 32;
+/// Rows of the output computed by one AVX-512 kernel call; `MR * 2` accumulators stay in
+/// registers.
+const MR: usize = 12;
+/// Depth of one pass over the packed weights (AVX-512).
+const KC: usize = 768;
+/// Most columns one task computes (24 AVX-512 panels, 48 AVX2 panels).
+const NC_COLS: usize = 768;
+
+impl Isa {
+    /// `(rows, columns)` of the output one kernel call computes (columns: the panel width),
+    /// and the depth of one pass.
+    fn block(self) -> (usize, usize, usize) {
+        use super::gemm_avx2 as avx2;
+        match self {
+            Isa::Avx512 => (MR, NR, KC),
+            Isa::Avx2 => (avx2::MR, avx2::NR, avx2::KC),
+        }
+    }
+}
+
+/// Whether this CPU can run the packed fp32 kernels ([`Isa::best`] is not `None`).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::best().is_some()
 }
 
 /// What happens to each result of a packed matrix multiply before it is stored.
@@ -39,35 +51,45 @@ pub enum Epilogue {
 }
 
 /// A `[n, k]` weight matrix (PyTorch's `Linear` layout) and optional bias, repacked into
-/// 32-column panels for [`PackedWeight::matmul`]; computes `x · Wᵀ + b`.
+/// column panels for one [`Isa`]'s kernel; computes `x · Wᵀ + b`.
 pub struct PackedWeight {
     n: usize,
     k: usize,
-    /// `ceil(n / NR)` panels, each `k * NR` values: panel `p`, depth `kk`, column `j` holds
-    /// `W[p * NR + j][kk]` (zero past `n`).
+    /// The kernel the panels are laid out for.
+    isa: Isa,
+    /// `ceil(n / nr)` panels of `nr` columns (32 for AVX-512, 16 for AVX2), each `k * nr`
+    /// values: panel `p`, depth `kk`, column `j` holds `W[p * nr + j][kk]` (zero past `n`).
     panels: Vec<f32>,
     /// The bias padded to whole panels (zeros when the layer has none).
     bias: Vec<f32>,
 }
 
 impl PackedWeight {
-    /// Packs `weight` (`n * k` values, row-major `[n, k]`) and `bias` (`n` values).
+    /// Packs `weight` (`n * k` values, row-major `[n, k]`) and `bias` (`n` values) for the best
+    /// kernel this CPU has ([`Isa::best`]; AVX-512's layout where it has none, which
+    /// [`PackedWeight::matmul`] then refuses).
     pub fn new(weight: &[f32], bias: Option<&[f32]>, n: usize, k: usize) -> Self {
+        Self::new_for(Isa::best().unwrap_or(Isa::Avx512), weight, bias, n, k)
+    }
+
+    /// Packs `weight` and `bias` as [`PackedWeight::new`] does, for `isa`'s kernel.
+    pub fn new_for(isa: Isa, weight: &[f32], bias: Option<&[f32]>, n: usize, k: usize) -> Self {
         assert_eq!(weight.len(), n * k, "weight must hold n * k values");
-        let np = n.div_ceil(NR);
-        let mut panels = vec![0f32; np * k * NR];
+        let nr = isa.block().1;
+        let np = n.div_ceil(nr);
+        let mut panels = vec![0f32; np * k * nr];
         panels
-            .par_chunks_mut((k * NR).max(1))
+            .par_chunks_mut((k * nr).max(1))
             .enumerate()
             .for_each(|(p, panel)| {
-                for j in 0..NR.min(n - p * NR) {
-                    let row = &weight[(p * NR + j) * k..(p * NR + j + 1) * k];
+                for j in 0..nr.min(n - p * nr) {
+                    let row = &weight[(p * nr + j) * k..(p * nr + j + 1) * k];
                     for (kk, &w) in row.iter().enumerate() {
-                        panel[kk * NR + j] = w;
+                        panel[kk * nr + j] = w;
                     }
                 }
             });
-        let mut padded = vec![0f32; np * NR];
+        let mut padded = vec![0f32; np * nr];
         if let Some(b) = bias {
             assert_eq!(b.len(), n, "bias must hold n values");
             padded[..n].copy_from_slice(b);
@@ -75,14 +97,21 @@ impl PackedWeight {
         PackedWeight {
             n,
             k,
+            isa,
             panels,
             bias: padded,
         }
     }
 
+    /// The instruction set the weights are packed for.
+    #[cfg(any(test, feature = "internals"))]
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
     /// `out = x · Wᵀ + b` for `x` of `m` rows of `k` values; `out` holds `m * n` values.
     ///
-    /// Panics if the CPU lacks AVX-512 (check [`available`]) or the lengths disagree.
+    /// Panics if the CPU lacks the weights' [`Isa`] or the lengths disagree.
     #[cfg(any(test, feature = "internals"))]
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
         self.matmul_then(x, m, out, Epilogue::None)
@@ -114,8 +143,13 @@ impl PackedWeight {
     /// # Safety
     /// `out` must be valid for writes of `m * n` values, and not overlap `x`.
     unsafe fn matmul_into(&self, x: &[f32], m: usize, out: *mut f32, epilogue: Epilogue) {
-        assert!(available(), "the packed kernels need AVX-512");
-        let (n, k) = (self.n, self.k);
+        assert!(
+            self.isa.available(),
+            "weights packed for {} on a CPU without it",
+            self.isa.name()
+        );
+        let (n, k, isa) = (self.n, self.k, self.isa);
+        let (mr, nr, kc_max) = isa.block();
         assert_eq!(x.len(), m * k, "input must hold m * k values");
         if m == 0 || n == 0 {
             return;
@@ -150,11 +184,12 @@ impl PackedWeight {
             (x, k)
         };
         let out_ptr = SendPtr(out);
-        let mp = m.div_ceil(MR);
-        let np = n.div_ceil(NR);
-        // Column chunks: a whole number per thread, at most NC panels each.
+        let mp = m.div_ceil(mr);
+        let np = n.div_ceil(nr);
+        // Column chunks: a whole number per thread, at most NC_COLS columns each.
         let threads = rayon::current_num_threads().max(1);
-        let per = np.div_ceil(threads * np.div_ceil(threads * NC));
+        let nc = NC_COLS / nr;
+        let per = np.div_ceil(threads * np.div_ceil(threads * nc));
         let chunks: Vec<(usize, usize)> = (0..np)
             .step_by(per)
             .map(|p| (p, (p + per).min(np)))
@@ -163,25 +198,41 @@ impl PackedWeight {
             let out_ptr = &out_ptr;
             let mut k0 = 0;
             while k0 < k {
-                let kc = KC.min(k - k0);
+                let kc = kc_max.min(k - k0);
                 for q in 0..mp {
-                    let rows = MR.min(m - q * MR);
+                    let rows = mr.min(m - q * mr);
                     let a = A {
-                        ptr: x[q * MR * lda + k0..].as_ptr(),
+                        ptr: x[q * mr * lda + k0..].as_ptr(),
                         row_stride: lda,
                     };
                     for p in p0..p1 {
-                        let cols = NR.min(n - p * NR);
-                        let panel = &self.panels[p * k * NR..(p + 1) * k * NR];
-                        let bias = &self.bias[p * NR..(p + 1) * NR];
-                        let b = &panel[k0 * NR..(k0 + kc) * NR];
-                        // SAFETY: each task writes only columns `p0 * NR .. p1 * NR` (clipped to
-                        // `n`) of `out` (m * n values); tasks own disjoint column ranges.
+                        let cols = nr.min(n - p * nr);
+                        let panel = &self.panels[p * k * nr..(p + 1) * k * nr];
+                        let bias = &self.bias[p * nr..(p + 1) * nr];
+                        let b = &panel[k0 * nr..(k0 + kc) * nr];
+                        // SAFETY: each task writes only columns `p0 * nr .. p1 * nr` (clipped to
+                        // `n`) of `out` (m * n values); tasks own disjoint column ranges; the
+                        // CPU has `isa` (asserted above).
                         unsafe {
-                            let c = out_ptr.0.add(q * MR * n + p * NR);
+                            let c = out_ptr.0.add(q * mr * n + p * nr);
                             let bias = (k0 == 0).then_some(bias);
                             let last = k0 + kc == k;
-                            dispatch(rows, kc, a, b, c, n, cols, bias, gelu && last);
+                            match isa {
+                                Isa::Avx512 => {
+                                    dispatch(rows, kc, a, b, c, n, cols, bias, gelu && last)
+                                }
+                                Isa::Avx2 => super::gemm_avx2::dispatch(
+                                    rows,
+                                    kc,
+                                    a,
+                                    b,
+                                    c,
+                                    n,
+                                    cols,
+                                    bias,
+                                    gelu && last,
+                                ),
+                            }
                         }
                     }
                 }
@@ -193,9 +244,9 @@ impl PackedWeight {
 
 /// Where a kernel reads its rows of the input: value `(i, kk)` is at `ptr + i * row_stride + kk`.
 #[derive(Clone, Copy)]
-struct A {
-    ptr: *const f32,
-    row_stride: usize,
+pub(super) struct A {
+    pub(super) ptr: *const f32,
+    pub(super) row_stride: usize,
 }
 
 struct SendPtr(*mut f32);
@@ -203,7 +254,7 @@ struct SendPtr(*mut f32);
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
 
-/// Runs the kernel for a panel of `rows` (1..=MR) rows.
+/// Runs the AVX-512 kernel for a panel of `rows` (1..=MR) rows.
 ///
 /// # Safety
 /// `c` must be valid for `rows` rows of stride `ldc` and `cols` columns; AVX-512F available.
@@ -411,91 +462,159 @@ mod tests {
             .collect()
     }
 
+    /// The instruction sets this CPU has; the packed tests run for each one.
+    fn isas() -> Vec<Isa> {
+        let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.available()).collect();
+        if isas.is_empty() {
+            eprintln!("skipped: this CPU has neither AVX-512 nor AVX2/FMA");
+        }
+        isas
+    }
+
+    fn worst(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    }
+
     #[test]
     fn matches_a_plain_product_for_awkward_sizes() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX-512");
-            return;
+        // Row counts around both kernels' blocks (6 and 12 rows), column counts around both
+        // panel widths (16 and 32), depths around the 768-deep pass, and m = 1.
+        for isa in isas() {
+            for &(m, n, k) in &[
+                (1, 1, 1),
+                (1, 40, 770),
+                (5, 15, 9),
+                (6, 16, 16),
+                (7, 17, 3),
+                (13, 33, 7),
+                (12, 32, 384),
+                (25, 17, 385),
+                (50, 64, 800),
+                (19, 48, 1537),
+                (7, 100, 1),
+                (3, 31, 0),
+            ] {
+                let w = values(n * k, 1 + m as u64);
+                let b = values(n, 2);
+                let x = values(m * k, 3 + n as u64);
+                for bias in [None, Some(b.as_slice())] {
+                    let p = PackedWeight::new_for(isa, &w, bias, n, k);
+                    assert_eq!(p.isa(), isa);
+                    let mut out = vec![f32::NAN; m * n];
+                    p.matmul(&x, m, &mut out);
+                    let r = reference(&w, bias, &x, m, n, k);
+                    let d = worst(&out, &r);
+                    assert!(d < 1e-4, "{isa:?} m={m} n={n} k={k}: max diff {d}");
+                    // The fused activation on the same shapes: the f64 product, then the
+                    // scalar formula.
+                    let mut fused = vec![f32::NAN; m * n];
+                    p.matmul_then(&x, m, &mut fused, Epilogue::QuickGelu);
+                    let r: Vec<f32> = r.iter().map(|&y| y / (1.0 + (-1.702 * y).exp())).collect();
+                    let d = worst(&fused, &r);
+                    assert!(d < 1e-4, "{isa:?} gelu m={m} n={n} k={k}: max diff {d}");
+                }
+            }
         }
-        // Row counts around the 12-row panel, column counts around the 32-column panel, and
-        // depths around the 384-deep block.
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (13, 33, 7),
-            (12, 32, 384),
-            (25, 17, 385),
-            (50, 64, 800),
-            (7, 100, 1),
-            (3, 31, 0),
-        ] {
-            let w = values(n * k, 1 + m as u64);
-            let b = values(n, 2);
-            let x = values(m * k, 3 + n as u64);
-            for bias in [None, Some(b.as_slice())] {
-                let p = PackedWeight::new(&w, bias, n, k);
+    }
+
+    #[test]
+    fn rows_a_multiple_of_4_kib_apart_are_read_correctly() {
+        // k = 1024 and 2048: the input is copied to padded rows first.
+        for isa in isas() {
+            for &(m, n, k) in &[(13, 20, 1024), (7, 35, 2048)] {
+                let w = values(n * k, 11);
+                let b = values(n, 12);
+                let x = values(m * k, 13);
+                let p = PackedWeight::new_for(isa, &w, Some(&b), n, k);
                 let mut out = vec![f32::NAN; m * n];
                 p.matmul(&x, m, &mut out);
-                let r = reference(&w, bias, &x, m, n, k);
-                let worst = out
-                    .iter()
-                    .zip(&r)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
-                assert!(worst < 1e-4, "m={m} n={n} k={k}: max diff {worst}");
+                let d = worst(&out, &reference(&w, Some(&b), &x, m, n, k));
+                assert!(d < 1e-4, "{isa:?} m={m} n={n} k={k}: max diff {d}");
             }
         }
     }
 
     #[test]
     fn fused_quick_gelu_matches_the_scalar_formula() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX-512");
-            return;
-        }
-        let (m, n, k) = (30, 70, 50);
-        let w = values(n * k, 4);
-        let b = values(n, 5);
-        let x: Vec<f32> = values(m * k, 6).iter().map(|v| v * 40.0).collect();
-        let p = PackedWeight::new(&w, Some(&b), n, k);
-        let mut plain = vec![0f32; m * n];
-        p.matmul(&x, m, &mut plain);
-        let mut fused = vec![0f32; m * n];
-        p.matmul_then(&x, m, &mut fused, Epilogue::QuickGelu);
-        assert!(plain.iter().any(|&v| v < -20.0) && plain.iter().any(|&v| v > 20.0));
-        for (&y, &g) in plain.iter().zip(&fused) {
-            let want = y / (1.0 + (-1.702 * y).exp());
-            assert!(
-                (g - want).abs() <= 2e-7 * want.abs().max(1.0),
-                "{y}: {g} vs {want}"
-            );
+        for isa in isas() {
+            let (m, n, k) = (30, 70, 50);
+            let w = values(n * k, 4);
+            let b = values(n, 5);
+            let x: Vec<f32> = values(m * k, 6).iter().map(|v| v * 40.0).collect();
+            let p = PackedWeight::new_for(isa, &w, Some(&b), n, k);
+            let mut plain = vec![0f32; m * n];
+            p.matmul(&x, m, &mut plain);
+            let mut fused = vec![0f32; m * n];
+            p.matmul_then(&x, m, &mut fused, Epilogue::QuickGelu);
+            assert!(plain.iter().any(|&v| v < -20.0) && plain.iter().any(|&v| v > 20.0));
+            for (&y, &g) in plain.iter().zip(&fused) {
+                let want = y / (1.0 + (-1.702 * y).exp());
+                assert!(
+                    (g - want).abs() <= 2e-7 * want.abs().max(1.0),
+                    "{isa:?} {y}: {g} vs {want}"
+                );
+            }
         }
     }
 
     #[test]
-    fn custom_op_keeps_leading_dimensions() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX-512");
+    fn both_instruction_sets_give_the_same_products() {
+        let isas = isas();
+        if isas.len() < 2 {
+            eprintln!("skipped: this CPU lacks AVX-512 or AVX2/FMA");
             return;
         }
-        use candle_core::{Device, Tensor};
-        let (n, k) = (40, 24);
-        let w = values(n * k, 9);
-        let x = Tensor::from_vec(values(2 * 5 * k, 10), (2, 5, k), &Device::Cpu).unwrap();
-        let p = PackedWeight::new(&w, None, n, k);
-        let y = x.apply_op1_no_bwd(&p.op(Epilogue::None)).unwrap();
-        assert_eq!(y.dims(), &[2, 5, n]);
-        let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
-        let r = x.broadcast_matmul(&wt.t().unwrap()).unwrap();
-        let d = (y - r)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(d < 1e-5, "{d}");
+        let (m, n, k) = (37, 2304 / 8, 768);
+        let w = values(n * k, 20);
+        let b = values(n, 21);
+        let x = values(m * k, 22);
+        let outs: Vec<Vec<f32>> = isas
+            .iter()
+            .map(|&isa| {
+                let mut out = vec![0f32; m * n];
+                let p = PackedWeight::new_for(isa, &w, Some(&b), n, k);
+                p.matmul_then(&x, m, &mut out, Epilogue::QuickGelu);
+                out
+            })
+            .collect();
+        // Both sum each product in the same order with FMAs: equal to the last bit.
+        assert_eq!(outs[0], outs[1]);
+    }
+
+    #[test]
+    fn new_packs_for_the_best_instruction_set() {
+        if let Some(best) = Isa::best() {
+            assert_eq!(PackedWeight::new(&[1.0], None, 1, 1).isa(), best);
+        }
+        assert_eq!(available(), Isa::best().is_some());
+    }
+
+    #[test]
+    fn custom_op_keeps_leading_dimensions() {
+        for isa in isas() {
+            use candle_core::{Device, Tensor};
+            let (n, k) = (40, 24);
+            let w = values(n * k, 9);
+            let x = Tensor::from_vec(values(2 * 5 * k, 10), (2, 5, k), &Device::Cpu).unwrap();
+            let p = PackedWeight::new_for(isa, &w, None, n, k);
+            let y = x.apply_op1_no_bwd(&p.op(Epilogue::None)).unwrap();
+            assert_eq!(y.dims(), &[2, 5, n]);
+            let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+            let r = x.broadcast_matmul(&wt.t().unwrap()).unwrap();
+            let d = (y - r)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-5, "{isa:?}: {d}");
+        }
     }
 }

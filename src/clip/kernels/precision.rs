@@ -46,12 +46,8 @@ impl Precision {
     /// Whether this CPU runs `self` as asked with cliplabel's packed CPU kernels (fp32: always;
     /// bf16: AVX512-BF16; int8: AVX512-VNNI), rather than falling back (see [`resolve`]).
     pub fn native(self) -> bool {
-        resolve(
-            self,
-            crate::clip::kernels::gemm::available(),
-            Caps::detect(),
-        )
-        .0 == self
+        let avx512 = crate::clip::kernels::simd::Isa::Avx512.available();
+        resolve(self, avx512, Caps::detect()).0 == self
     }
 }
 
@@ -163,9 +159,10 @@ mod x86 {
     }
 }
 
-/// The precision the model will run for `requested`: itself where the packed kernels are in
-/// use (`packed`) and `caps` has its instructions, else the next lower one, with a one-line
-/// note saying why. Emulating an instruction set would be slower than fp32, so never done.
+/// The precision the model will run for `requested`: itself where the packed AVX-512 kernels
+/// are in use (`packed`; the AVX2 kernels are fp32 only) and `caps` has its instructions, else
+/// the next lower one, with a one-line note saying why. Emulating an instruction set would be
+/// slower than fp32, so never done.
 pub fn resolve(requested: Precision, packed: bool, caps: Caps) -> (Precision, Option<String>) {
     let usable = |p: Precision| match p {
         Precision::Fp32 => true,
