@@ -8,9 +8,13 @@
 //! figures asserted on the library's result hold for the command. A second, small test runs the
 //! command with an unreadable image and a plain-folder `--test`.
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+
+use common::shapes_bin;
 
 use cliplabel::clip::engine::{Engine, EngineOptions, Features};
 use cliplabel::eval::audit::{
@@ -34,20 +38,6 @@ fn model() -> String {
         .to_str()
         .unwrap()
         .to_string()
-}
-
-fn shapes_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("shapes{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{} missing: run the whole `cargo test --release`, which builds the examples",
-        bin.display()
-    );
-    bin
 }
 
 fn generate(out: &Path, classes: &Path, per_class: usize, seed: u64) {

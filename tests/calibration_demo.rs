@@ -9,8 +9,12 @@
 //!
 //! Images come from the `shapes` example, which `cargo test` builds with the tests.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use common::shapes_bin;
 
 use cliplabel::classify::calibration::Calibration;
 use cliplabel::jobs::rows::read_label_rows;
@@ -30,21 +34,6 @@ fn run(c: &mut Command) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{c:?} failed: {err}");
     err
-}
-
-/// The generator built alongside this test (`target/<profile>/examples/shapes`).
-fn shapes_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("shapes{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{} missing: run the whole `cargo test --release` (or add `--example shapes`), which builds the examples",
-        bin.display()
-    );
-    bin
 }
 
 fn generate(out: &Path, per_class: usize, seed: u64) {

@@ -18,21 +18,6 @@ fn demo_model() -> PathBuf {
     repo().join("models/shapes-clip")
 }
 
-/// The generator built alongside this test (`target/<profile>/examples/shapes`).
-fn shapes_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("shapes{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{} missing: run the whole `cargo test --release`, which builds the examples",
-        bin.display()
-    );
-    bin
-}
-
 fn holdout() -> Vec<String> {
     std::fs::read_to_string(demo_model().join("holdout.txt"))
         .unwrap()

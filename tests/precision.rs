@@ -123,21 +123,6 @@ fn features_stay_close_to_fp32() {
     }
 }
 
-/// The generator built with the examples (`target/<profile>/examples/shapes`).
-fn shapes_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("shapes{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{} missing: build the examples (`cargo test --release` does)",
-        bin.display()
-    );
-    bin
-}
-
 /// `(path, label)` rows of a label CSV, sorted by path.
 fn labels(csv: &Path) -> Vec<(String, String)> {
     let mut rows: Vec<(String, String)> = read_csv(csv)[1..]

@@ -65,3 +65,19 @@ pub fn read_csv(path: &Path) -> Vec<Vec<String>> {
         .map(|x| x.unwrap().iter().map(str::to_string).collect())
         .collect()
 }
+
+/// The shapes image generator built with the examples (`target/<profile>/examples/shapes`);
+/// `cargo test --release` builds it.
+pub fn shapes_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("shapes{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} missing: run the whole `cargo test --release` (or add `--example shapes`), which builds the examples",
+        bin.display()
+    );
+    bin
+}
