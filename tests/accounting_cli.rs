@@ -113,7 +113,7 @@ fn mixed_folder(dir: &Path) -> Mixed {
         std::fs::copy(imgs.join("gray.png"), &p).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
         if std::fs::read(&p).is_ok() {
-            eprintln!("b_unreadable.png: running with privileges that ignore chmod 000 (root?): the unreadable-file case is SKIPPED (the file is read and labelled)");
+            skipped("b_unreadable.png: running with privileges that ignore chmod 000 (root?): the unreadable-file case (the file is read and labelled)");
             add(&p, None);
         } else {
             add(&p, Some("ermission denied"));

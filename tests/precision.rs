@@ -92,7 +92,9 @@ fn features_stay_close_to_fp32() {
         for (p, target) in [(Precision::Bf16, 0.999), (Precision::Int8, 0.99)] {
             let e = engine(spec, p);
             if !native(p) {
-                eprintln!("{name}: this CPU cannot run {p}; checking the fallback note only");
+                skipped(&format!(
+                    "{name}: this CPU cannot run {p}; the fallback note is checked instead"
+                ));
                 assert_ne!(e.precision(), p);
                 assert!(e.precision_note().is_some());
                 continue;
@@ -189,7 +191,9 @@ fn demo_top1_agrees_with_fp32() {
     for (p, target) in [(Precision::Bf16, 0.995), (Precision::Int8, 0.98)] {
         let (rows, err) = label(p);
         if !native(p) {
-            eprintln!("this CPU cannot run {p}; checking the fallback note only");
+            skipped(&format!(
+                "this CPU cannot run {p}; the fallback note is checked instead"
+            ));
             assert!(err.contains(": running "), "{err}");
             continue;
         }

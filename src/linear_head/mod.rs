@@ -758,7 +758,7 @@ mod tests {
         // checked everywhere (single against double precision, logits against a direct sum).
         let simd = simd_available();
         if !simd {
-            eprintln!("portable_kernels_match_simd_kernels: this CPU lacks AVX2/FMA: comparison with the SIMD kernels SKIPPED; portable kernels checked alone");
+            crate::util::testing::skipped("portable_kernels_match_simd_kernels: this CPU lacks AVX2/FMA: the comparison with the SIMD kernels (the portable kernels are checked alone)");
         }
         // Odd sizes: a partial row tile, a dimension remainder, classes not a multiple of 16.
         for (n, d, k) in [(250usize, 37usize, 5usize), (13, 16, 17), (7, 3, 2)] {

@@ -10,3 +10,5 @@ pub mod math;
 pub mod pathtext;
 pub mod rng;
 pub mod safetensors_io;
+#[cfg(test)]
+pub(crate) mod testing;

@@ -81,3 +81,10 @@ pub fn shapes_bin() -> PathBuf {
     );
     bin
 }
+
+/// Prints `SKIPPED: <what>` on standard error past the test harness's capture (which takes
+/// `eprintln!`), so a case this machine cannot run shows in every `cargo test` run.
+pub fn skipped(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {what}");
+}

@@ -466,7 +466,7 @@ mod tests {
     fn isas() -> Vec<Isa> {
         let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.available()).collect();
         if isas.is_empty() {
-            eprintln!("skipped: this CPU has neither AVX-512 nor AVX2/FMA");
+            crate::util::testing::skipped("this CPU has neither AVX-512 nor AVX2/FMA");
         }
         isas
     }
@@ -564,7 +564,7 @@ mod tests {
     fn both_instruction_sets_give_the_same_products() {
         let isas = isas();
         if isas.len() < 2 {
-            eprintln!("skipped: this CPU lacks AVX-512 or AVX2/FMA");
+            crate::util::testing::skipped("this CPU lacks AVX-512 or AVX2/FMA");
             return;
         }
         let (m, n, k) = (37, 2304 / 8, 768);

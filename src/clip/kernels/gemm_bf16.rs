@@ -444,7 +444,7 @@ pub(crate) mod tests {
     #[test]
     fn vector_rounding_matches_the_scalar_one() {
         if !available() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
+            crate::util::testing::skipped("this CPU has no AVX512-BF16");
             return;
         }
         for k in [0, 1, 15, 16, 17, 33, 768] {
@@ -471,7 +471,7 @@ pub(crate) mod tests {
     #[test]
     fn matches_an_f64_product_of_the_rounded_inputs() {
         if !available() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
+            crate::util::testing::skipped("this CPU has no AVX512-BF16");
             return;
         }
         for &(m, n, k) in &[
@@ -501,7 +501,7 @@ pub(crate) mod tests {
     #[test]
     fn fused_quick_gelu_matches_the_scalar_formula() {
         if !available() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
+            crate::util::testing::skipped("this CPU has no AVX512-BF16");
             return;
         }
         let (m, n, k) = (30, 70, 50);

@@ -378,7 +378,7 @@ mod tests {
     #[test]
     fn vector_quantisation_matches_the_scalar_one() {
         if !available() {
-            eprintln!("skipped: this CPU has no AVX512-VNNI");
+            crate::util::testing::skipped("this CPU has no AVX512-VNNI");
             return;
         }
         for k in [0, 1, 15, 16, 17, 100, 768] {
@@ -412,7 +412,7 @@ mod tests {
     #[test]
     fn matches_an_f64_product_of_the_quantised_inputs() {
         if !available() {
-            eprintln!("skipped: this CPU has no AVX512-VNNI");
+            crate::util::testing::skipped("this CPU has no AVX512-VNNI");
             return;
         }
         for &(m, n, k) in &[
@@ -446,7 +446,7 @@ mod tests {
     #[test]
     fn close_to_fp32_and_fused_gelu_agrees() {
         if !available() {
-            eprintln!("skipped: this CPU has no AVX512-VNNI");
+            crate::util::testing::skipped("this CPU has no AVX512-VNNI");
             return;
         }
         let (m, n, k) = (30, 70, 512);

@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn vector_exp_is_accurate_over_the_whole_range() {
         if !std::arch::is_x86_feature_detected!("avx512f") {
-            eprintln!("skipped: this CPU has no AVX-512");
+            crate::util::testing::skipped("this CPU has no AVX-512");
             return;
         }
         use std::arch::x86_64::*;
@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn avx2_exp_is_accurate_over_the_whole_range() {
         if !Isa::Avx2.available() {
-            eprintln!("skipped: this CPU has no AVX2/FMA");
+            crate::util::testing::skipped("this CPU has no AVX2/FMA");
             return;
         }
         use std::arch::x86_64::*;
