@@ -193,6 +193,36 @@ struct LabelArgs {
     shard: ShardArgs,
 }
 
+/// A labelled set from `FLAG DIR` (ImageFolder layout) or `FLAG-csv FILE` (clap requires one).
+fn labelled_set(
+    dir: &Option<PathBuf>,
+    csv: &Option<PathBuf>,
+    flag: &str,
+) -> anyhow::Result<LabelledSet> {
+    Ok(match (dir, csv) {
+        (Some(d), _) => LabelledSet::from_image_folder(d)?,
+        (None, Some(f)) => LabelledSet::from_csv(f)?,
+        (None, None) => anyhow::bail!("give {flag} DIR or {flag}-csv FILE"),
+    })
+}
+
+/// The end of `label` and `predict`: the summary, then any export the trust flags ask for
+/// (exit status 1 when some row could not be exported).
+fn finish_run(
+    summary: &Summary,
+    out: &Path,
+    trust: &cli::trust::TrustArgs,
+    model: &str,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    print_summary(summary, out, quiet);
+    Ok(if trust.export_after(out, model, quiet)? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn print_summary(s: &Summary, out: &Path, quiet: bool) {
     if quiet {
         return;
@@ -242,15 +272,13 @@ fn run_label(a: LabelArgs, env: &Env) -> anyhow::Result<ExitCode> {
         &opts,
         &mut |e| progress.event(e),
     )?;
-    print_summary(&summary, &opts.out, a.output.quiet);
-    let exported = a
-        .trust
-        .export_after(&opts.out, &a.model.model, a.output.quiet)?;
-    Ok(if exported {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    finish_run(
+        &summary,
+        &opts.out,
+        &a.trust,
+        &a.model.model,
+        a.output.quiet,
+    )
 }
 
 #[derive(Args)]
@@ -638,11 +666,7 @@ fn run_fit(a: FitArgs, env: &Env) -> anyhow::Result<ExitCode> {
         batch_size: a.model.batch_size,
     };
     opts.check(a.force)?;
-    let set = match (&a.train, &a.train_csv) {
-        (Some(d), _) => LabelledSet::from_image_folder(d)?,
-        (None, Some(f)) => LabelledSet::from_csv(f)?,
-        (None, None) => anyhow::bail!("give --train DIR or --train-csv FILE"),
-    };
+    let set = labelled_set(&a.train, &a.train_csv, "--train")?;
     let engine = a.model.engine(env)?;
     let quiet = a.quiet;
     let s = fit_head(&engine, &set, &opts, &mut |f| {
@@ -723,15 +747,13 @@ fn run_predict(a: PredictArgs, env: &Env) -> anyhow::Result<ExitCode> {
         &opts,
         &mut |e| progress.event(e),
     )?;
-    print_summary(&summary, &opts.out, a.output.quiet);
-    let exported = a
-        .trust
-        .export_after(&opts.out, &a.model.model, a.output.quiet)?;
-    Ok(if exported {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    finish_run(
+        &summary,
+        &opts.out,
+        &a.trust,
+        &a.model.model,
+        a.output.quiet,
+    )
 }
 
 #[derive(Args)]
@@ -887,11 +909,7 @@ fn run_audit_cmd(a: AuditArgs, env: &Env) -> anyhow::Result<ExitCode> {
         ..AuditOptions::default()
     };
     options.check()?;
-    let train = match (&a.data, &a.data_csv) {
-        (Some(d), _) => LabelledSet::from_image_folder(d)?,
-        (None, Some(f)) => LabelledSet::from_csv(f)?,
-        (None, None) => anyhow::bail!("give --data DIR or --data-csv FILE"),
-    };
+    let train = labelled_set(&a.data, &a.data_csv, "--data")?;
     let test = a.test.as_deref().map(load_test_set).transpose()?;
     let engine = a.model.engine(env)?;
     let want_zero_shot =

@@ -12,7 +12,7 @@ use cliplabel::jobs::exports::{export, ExportFormat, ExportOptions, Origin};
 use cliplabel::jobs::rows::read_label_rows;
 use cliplabel::jobs::writers::Failure;
 use cliplabel::review::{write_review, ReviewOptions};
-use cliplabel::{Head, LabelledSet};
+use cliplabel::Head;
 
 use crate::cli::env::Env;
 use crate::{probability, ClassArgs, ModelArgs};
@@ -192,11 +192,7 @@ impl CalibrateArgs {
 }
 
 pub fn run_calibrate(a: CalibrateArgs, env: &Env) -> anyhow::Result<ExitCode> {
-    let set = match (&a.data, &a.data_csv) {
-        (Some(d), _) => LabelledSet::from_image_folder(d)?,
-        (None, Some(f)) => LabelledSet::from_csv(f)?,
-        (None, None) => anyhow::bail!("pass --data DIR or --data-csv FILE"),
-    };
+    let set = crate::labelled_set(&a.data, &a.data_csv, "--data")?;
     let engine = a.model.engine(env)?;
     let opts = CalibrateJobOptions {
         out: a.out.clone(),
