@@ -6,11 +6,14 @@ safetensors file cliplabel loads, so every contender runs the same weights on th
 
     pip install numpy onnx onnxruntime openvino
     python3 scripts/bench_encoders.py                    # random full-size ViT-B/32, batch 32
+    python3 scripts/bench_encoders.py --arch b16         # random ViT-B/16 (197 image tokens)
+    python3 scripts/bench_encoders.py --arch l14-336 --batch 8 --iters 1   # 577 tokens
     python3 scripts/bench_encoders.py --quick            # smoke test (tiny fixture model)
     python3 scripts/bench_encoders.py --model DIR --batch 8 --repeats 3 --threads 2
 
-The model (default scratch/full-vit-b32, made by scripts/make_random_vit_b32.py when missing) is
-a CLIP checkpoint directory; only its vision tower and visual projection are used.
+The model is a CLIP checkpoint directory; only its vision tower and visual projection are used.
+`--arch` picks scratch/full-vit-ARCH, a random checkpoint at that architecture's full size, made
+by scripts/make_random_clip.py when missing.
 
 Contenders, each in its own process, all with --threads threads:
   * cliplabel fp32 / bf16 / int8: examples/bench_encoder.rs (`Engine::embed_pixels`,
@@ -29,8 +32,8 @@ rotated per repeat); the table shows medians. The fidelity column is the smalles
 the batch, between a contender's features and cliplabel fp32's on the same pixels; cliplabel
 fp32 against ONNX Runtime fp32 first checks that the exported graph is the same model.
 
-Output: a Markdown table on stdout and in scratch/bench-encoders.md, the raw runs and the
-machine (CPU, load average before and after, versions) in scratch/bench-encoders.json.
+Output: a Markdown table on stdout and in scratch/bench-encoders-MODEL.md, the raw runs and the
+machine (CPU, load average before and after, versions) in scratch/bench-encoders-MODEL.json.
 """
 
 from __future__ import annotations
@@ -286,7 +289,9 @@ def main() -> None:
         print(json.dumps(child(sys.argv[2], json.loads(sys.argv[3]))))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=os.path.join(SCRATCH, "full-vit-b32"))
+    ap.add_argument("--arch", choices=["b32", "b16", "l14-336"], default="b32",
+                    help="random full-size model scratch/full-vit-ARCH (made when missing)")
+    ap.add_argument("--model", help="a CLIP checkpoint directory instead of --arch's")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
@@ -301,10 +306,14 @@ def main() -> None:
         args.model = os.path.join(REPO, "tests/fixtures/tiny-clip")
         args.batch, args.iters, args.repeats = 4, 2, 1
     os.makedirs(SCRATCH, exist_ok=True)
+    if args.model is None:
+        args.model = os.path.join(SCRATCH, f"full-vit-{args.arch}")
+        if not os.path.exists(os.path.join(args.model, "model.safetensors")):
+            subprocess.run(
+                [sys.executable, "scripts/make_random_clip.py", "--arch", args.arch], cwd=REPO, check=True
+            )
     if not os.path.exists(os.path.join(args.model, "model.safetensors")):
-        if os.path.abspath(args.model) != os.path.join(SCRATCH, "full-vit-b32"):
-            raise SystemExit(f"{args.model}: no model.safetensors")
-        subprocess.run([sys.executable, "scripts/make_random_vit_b32.py"], cwd=REPO, check=True)
+        raise SystemExit(f"{args.model}: no model.safetensors")
     subprocess.run(
         ["cargo", "build", "--release", "--example", "bench_encoder"], cwd=REPO, check=True
     )
@@ -373,7 +382,7 @@ def main() -> None:
         lines += ["", "Notes printed by the contenders:"] + [f"- {n}" for n in notes]
     text = "\n".join(lines)
     print(text)
-    out = os.path.join(SCRATCH, f"bench-encoders{'-quick' if args.quick else ''}")
+    out = os.path.join(SCRATCH, f"bench-encoders-{tag}")
     open(out + ".md", "w").write(text + "\n")
     json.dump(
         {

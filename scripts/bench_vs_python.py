@@ -11,14 +11,18 @@ safetensors, onnxruntime, onnx, onnxscript):
 
 Options worth knowing: --repeats R (default 3), --batch-sizes 8,32, --images N (default 300),
 --threads N (default: the cores this process may use), --sections e2e,encoder,text,
---text-classes N (default 1000), --text-repeats N (default 1), --pad77-classes N (default 100).
+--text-classes N (default 1000), --text-repeats N (default 3), --pad77-classes N (default 100),
+--arch b32|b16|l14-336 (the model; for the large ones, e.g.
+`--arch l14-336 --sections encoder --batch-sizes 8 --encoder-images 16`).
 
 What it does
 ------------
 Setup (cached under scratch/, which is gitignored):
   * the model: scratch/full-vit-b32/ (random full-size ViT-B/32; made by
     `scripts/make_fixtures.py --full`, or here with CLIPModel(CLIPConfig()) and a fixed seed if
-    it is missing);
+    it is missing); with --arch b16 or l14-336, scratch/full-vit-ARCH/ (made by
+    scripts/make_random_clip.py), its ONNX export in scratch/bench-onnx-ARCH/ and the results in
+    scratch/bench-results-ARCH.{md,json};
   * --images N photographic-looking JPEGs (smooth gradients, shapes, texture, blur, sensor noise,
     quality 90) from 500x375 to 1600x1200 in scratch/bench-images/ (made once, reused);
   * the vision tower + projection exported to ONNX (opset 18) from the same weights, checked
@@ -57,7 +61,8 @@ number `/usr/bin/time -v` prints as "Maximum resident set size"), all with threa
       --pad77-classes classes only and its time for the full set is extrapolated (marked).
 Contenders are interleaved: every repeat runs each contender once, in an order rotated per
 repeat, and the tables show medians over repeats. Text is slow (tens of minutes per repeat on two
-cores with the defaults), so it runs in the first --text-repeats repeats only.
+cores with the defaults), it runs in the first --text-repeats repeats (default: all 3, as medians
+of at least 3 are what the README reports; lower --text-classes to save time).
 
 Output: a Markdown table on stdout and in scratch/bench-results.md, everything (every run, raw)
 in scratch/bench-results.json, with the machine (CPU model, cores, load average before and
@@ -603,10 +608,15 @@ def describe_images(paths: list[str]) -> dict:
             "mean_kib": sum(os.path.getsize(p) for p in paths) / len(paths) / 1024}
 
 
-def ensure_model(threads: int) -> dict:
+def ensure_model(threads: int, arch: str) -> dict:
     needed = ["config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"]
     if all(os.path.exists(os.path.join(MODEL_DIR, f)) for f in needed):
         return {"model": MODEL_DIR, "made": False}
+    if arch != "b32":
+        print(f"  no complete {MODEL_DIR}: making a random {arch} (scripts/make_random_clip.py)")
+        subprocess.run([sys.executable, os.path.join(HERE, "make_random_clip.py"), "--arch", arch,
+                        "--out", MODEL_DIR], cwd=REPO, check=True)
+        return {"model": MODEL_DIR, "made": True}
     print(f"  no complete {MODEL_DIR}: making a random ViT-B/32 (CLIPConfig(), seed 1234)")
     run_child("make-model", {"model": MODEL_DIR, "threads": threads}, "make-model", threads)
     return {"model": MODEL_DIR, "made": True}
@@ -784,7 +794,7 @@ def run_benchmark(args) -> None:
     print("setup", flush=True)
     if not args.no_build:
         build_binaries()
-    model_info = ensure_model(threads)
+    model_info = ensure_model(threads, args.arch)
     paths = ensure_images(args.images)
     os.makedirs(OUT_DIR, exist_ok=True)
     paths_file = os.path.join(OUT_DIR, f"images-{args.images}.txt")
@@ -877,6 +887,8 @@ def run_benchmark(args) -> None:
         r["stderr"] = r["stderr"][-2000:]
     results["runs"] = runs
     stem = "bench-results-quick" if args.quick else "bench-results"
+    if args.arch != "b32":
+        stem += f"-{args.arch}"
     with open(os.path.join(SCRATCH, stem + ".md"), "w") as f:
         f.write(md)
     with open(os.path.join(SCRATCH, stem + ".json"), "w") as f:
@@ -1182,7 +1194,11 @@ def main() -> None:
     ap.add_argument("--encoder-images", type=int, help="images per encoder-only measurement (default 96)")
     ap.add_argument("--min-iters", type=int, default=2, help="at least this many timed encoder passes")
     ap.add_argument("--text-classes", type=int, help="class names for the text benchmark (default 1000)")
-    ap.add_argument("--text-repeats", type=int, default=1, help="repeats that include text (default 1)")
+    ap.add_argument("--text-repeats", type=int, default=3,
+                    help="repeats that include text (default 3, capped at --repeats)")
+    ap.add_argument("--arch", choices=["b32", "b16", "l14-336"], default="b32",
+                    help="random full-size model: scratch/full-vit-ARCH (b16: 197 image tokens, "
+                         "l14-336: 577; made by scripts/make_random_clip.py when missing)")
     ap.add_argument("--pad77-classes", type=int,
                     help="classes for transformers padding=max_length (default 100; extrapolated)")
     ap.add_argument("--text-batch", type=int, default=256, help="prompts per text batch (default 256)")
@@ -1204,13 +1220,17 @@ def main() -> None:
         if getattr(args, k) is None:
             setattr(args, k, quick_v if q else full_v)
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b]
+    args.text_repeats = min(args.text_repeats, args.repeats)
     if q:
         args.min_iters = 1
-        args.text_repeats = min(args.text_repeats, args.repeats)
     args.pad77_classes = min(args.pad77_classes, args.text_classes)
     if args.opset < 17:
         ap.error("--opset must be at least 17")
     os.chdir(REPO)
+    if args.arch != "b32":
+        global MODEL_DIR, ONNX_DIR
+        MODEL_DIR = os.path.join(SCRATCH, f"full-vit-{args.arch}")
+        ONNX_DIR = os.path.join(SCRATCH, f"bench-onnx-{args.arch}")
     if args.memory:
         run_memory(args)
     else:

@@ -5,12 +5,16 @@
 //! multiplies. Here each (sequence, head) pair is one task that reads Q, K and V in place from
 //! the fused QKV projection's output and writes its slice of the result rows directly. The two
 //! products (scores, weighted sum of values) have AVX-512 and AVX2 + FMA loops ([`Isa`]) and a
-//! portable fallback.
+//! portable fallback. The vector loops take a block of query rows at a time (6 with AVX-512, 3
+//! with AVX2), like a matrix multiply's register tile, so each key and value loaded from the
+//! cache serves every row of the block; one query row at a time, the products were bound by
+//! cache bandwidth (at ViT-L/14-336's 577 tokens, attention ran at a fifth of the linear
+//! layers' rate and took 31% of the encoder's time; README "Performance" has the figures).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
-use crate::clip::kernels::simd::Isa;
+use crate::clip::kernels::simd::{softmax_in_place_with, Isa};
 
 /// Sizes of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -146,7 +150,12 @@ struct Task<'a> {
 
 impl Task<'_> {
     /// [`Task::run`] with register-blocked vector loops (AVX-512 or AVX2) for the two
-    /// products.
+    /// products, several query rows at a time ([`Isa::attention_rows`]) so that each key and
+    /// value loaded serves every row of the block.
+    ///
+    /// Each score and each output value is accumulated in the same order as for a single
+    /// row, so the result does not depend on how rows are grouped (a row alone, as the pooled
+    /// last layer computes it, equals the same row in a block).
     ///
     /// # Safety
     /// The CPU has `isa`.
@@ -163,28 +172,57 @@ impl Task<'_> {
                 *k = self.qkv[at(j, 1) + t];
             }
         }
-        let mut scores = vec![0f32; sp];
-        let mut o = vec![0f32; hd];
-        for (i, out_row) in self.queries() {
-            let visible = if self.causal { i + 1 } else { seq };
-            let q = &self.qkv[at(i, 0)..at(i, 0) + hd];
-            // SAFETY: `kt` is hd x sp and `scores` holds sp values, sp >= visible rounded up
-            // to 16; value rows lie inside `qkv` (checked by `attention`); the CPU has `isa`.
+        let block = isa.attention_rows();
+        let mut scores = vec![0f32; block * sp];
+        let mut o = vec![0f32; block * hd];
+        let queries = self.queries();
+        for rows in queries.chunks(block) {
+            let visible = |i: usize| if self.causal { i + 1 } else { seq };
+            // Keys every row of the block needs; a row's scores past its own visible keys are
+            // computed, then replaced by zero weights (adding 0 · v leaves its sums unchanged).
+            let n = rows.iter().map(|&(i, _)| visible(i)).max().unwrap_or(0);
+            let q: Vec<*const f32> = rows
+                .iter()
+                .map(|&(i, _)| self.qkv[at(i, 0)..at(i, 0) + hd].as_ptr())
+                .collect();
+            // SAFETY: `kt` is hd x sp; `scores` holds `block` rows of sp >= n rounded up to 16
+            // values and `o` `block` rows of hd; query and value rows lie inside `qkv` (checked
+            // by `attention`); the CPU has `isa`.
             unsafe {
                 let v0 = self.qkv.as_ptr().add(at(0, 2));
                 match isa {
-                    Isa::Avx512 => {
-                        x86::scores(q, &kt, sp, visible, self.scale, &mut scores);
-                        softmax(&mut scores[..visible], Some(isa));
-                        x86::weighted_sum(&scores[..visible], v0, 3 * d, &mut o);
-                    }
+                    Isa::Avx512 => x86::scores_rows(&q, hd, &kt, sp, n, self.scale, &mut scores),
                     Isa::Avx2 => {
-                        x86_avx2::scores(q, &kt, sp, visible, self.scale, &mut scores);
-                        softmax(&mut scores[..visible], Some(isa));
-                        x86_avx2::weighted_sum(&scores[..visible], v0, 3 * d, &mut o);
+                        x86_avx2::scores_rows(&q, hd, &kt, sp, n, self.scale, &mut scores)
                     }
                 }
-                std::ptr::copy_nonoverlapping(o.as_ptr(), self.out.0.add(out_row * d + h * hd), hd);
+                for (r, &(i, _)) in rows.iter().enumerate() {
+                    let row = &mut scores[r * sp..r * sp + n];
+                    softmax_in_place_with(&mut row[..visible(i)], Some(isa));
+                    row[visible(i)..].fill(0.0);
+                }
+                match isa {
+                    Isa::Avx512 => {
+                        x86::weighted_sum_rows(rows.len(), &scores, sp, n, v0, 3 * d, &mut o, hd)
+                    }
+                    Isa::Avx2 => x86_avx2::weighted_sum_rows(
+                        rows.len(),
+                        &scores,
+                        sp,
+                        n,
+                        v0,
+                        3 * d,
+                        &mut o,
+                        hd,
+                    ),
+                }
+                for (r, &(_, out_row)) in rows.iter().enumerate() {
+                    std::ptr::copy_nonoverlapping(
+                        o.as_ptr().add(r * hd),
+                        self.out.0.add(out_row * d + h * hd),
+                        hd,
+                    );
+                }
             }
         }
     }
@@ -205,7 +243,7 @@ impl Task<'_> {
             for (j, s) in scores[..visible].iter_mut().enumerate() {
                 *s = q.iter().zip(row(j, 1)).map(|(a, b)| a * b).sum::<f32>() * self.scale;
             }
-            softmax(&mut scores[..visible], None);
+            softmax_in_place_with(&mut scores[..visible], None);
             o.fill(0.0);
             for (j, &p) in scores[..visible].iter().enumerate() {
                 for (acc, &v) in o.iter_mut().zip(row(j, 2)) {
@@ -231,103 +269,192 @@ impl Task<'_> {
     }
 }
 
+/// Dispatches `$f::<R>` for `R` = `$rows` (1 to 6) with the remaining arguments.
+macro_rules! rows_dispatch {
+    ($rows:expr, $f:ident, $($arg:expr),*) => {
+        match $rows {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            r => unreachable!("attention blocks hold 1 to 6 rows, not {r}"),
+        }
+    };
+}
+
+/// Dispatches `$f::<R, C>` for `C` = `$cols` (1 to 4 registers) with the remaining arguments.
+macro_rules! cols_dispatch {
+    ($cols:expr, $f:ident::<$r:ident>, $($arg:expr),*) => {
+        match $cols {
+            1 => $f::<$r, 1>($($arg),*),
+            2 => $f::<$r, 2>($($arg),*),
+            3 => $f::<$r, 3>($($arg),*),
+            _ => $f::<$r, 4>($($arg),*),
+        }
+    };
+}
+
+impl Isa {
+    /// Query rows one register-blocked attention tile computes: `rows * 4` accumulators
+    /// plus 4 loaded vectors and a broadcast fit the register file (32 for AVX-512, 16 for
+    /// AVX2).
+    fn attention_rows(self) -> usize {
+        match self {
+            Isa::Avx512 => 6,
+            Isa::Avx2 => 3,
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// `sc[j] = scale * Σ_t q[t] · kt[t * sp + j]` for `j < n`, 64 keys at a time in registers.
+    /// `sc[r * sp + j] = scale * Σ_t q[r][t] · kt[t * sp + j]` for every row `r` of `q` (1 to
+    /// 6 pointers to `hd` values) and `j < n`, 64 keys at a time in registers.
     ///
     /// # Safety
-    /// AVX-512F; `kt` holds `q.len() * sp` values and `sc` at least `n` rounded up to 16, which
-    /// must not exceed `sp`.
+    /// AVX-512F; each `q[r]` valid for `hd` values; `kt` holds `hd * sp` values and `sc`
+    /// `q.len()` rows of `sp`, with `n` rounded up to 16 at most `sp`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn scores(
-        q: &[f32],
+    pub(super) unsafe fn scores_rows(
+        q: &[*const f32],
+        hd: usize,
         kt: &[f32],
         sp: usize,
         n: usize,
         scale: f32,
         sc: &mut [f32],
     ) {
-        debug_assert!(n.div_ceil(16) * 16 <= sp && kt.len() >= q.len() * sp && sc.len() >= sp);
+        debug_assert!(n.div_ceil(16) * 16 <= sp && kt.len() >= hd * sp);
+        debug_assert!(sc.len() >= q.len() * sp);
+        rows_dispatch!(q.len(), scores_r, q, hd, kt, sp, n, scale, sc)
+    }
+
+    #[inline(always)]
+    unsafe fn scores_r<const R: usize>(
+        q: &[*const f32],
+        hd: usize,
+        kt: &[f32],
+        sp: usize,
+        n: usize,
+        scale: f32,
+        sc: &mut [f32],
+    ) {
+        let q: [*const f32; R] = std::array::from_fn(|r| q[r]);
         let mut j0 = 0;
         while j0 < n {
-            match (n - j0).div_ceil(16) {
-                1 => scores_block::<1>(q, kt, sp, j0, scale, sc),
-                2 => scores_block::<2>(q, kt, sp, j0, scale, sc),
-                3 => scores_block::<3>(q, kt, sp, j0, scale, sc),
-                _ => scores_block::<4>(q, kt, sp, j0, scale, sc),
-            }
+            cols_dispatch!((n - j0).div_ceil(16), scores_tile::<R>, q, hd, kt, sp, j0, scale, sc);
             j0 += 64;
         }
     }
 
     #[inline(always)]
-    unsafe fn scores_block<const C: usize>(
-        q: &[f32],
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn scores_tile<const R: usize, const C: usize>(
+        q: [*const f32; R],
+        hd: usize,
         kt: &[f32],
         sp: usize,
         j0: usize,
         scale: f32,
         sc: &mut [f32],
     ) {
-        let mut acc = [_mm512_setzero_ps(); C];
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
         let base = kt.as_ptr().add(j0);
-        for (t, &qt) in q.iter().enumerate() {
-            let qv = _mm512_set1_ps(qt);
+        for t in 0..hd {
             let row = base.add(t * sp);
-            for (c, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(row.add(16 * c)), *a);
+            let k: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(row.add(16 * c)));
+            for (qr, acc) in q.iter().zip(acc.iter_mut()) {
+                let qv = _mm512_set1_ps(*qr.add(t));
+                for (a, &kc) in acc.iter_mut().zip(&k) {
+                    *a = _mm512_fmadd_ps(qv, kc, *a);
+                }
             }
         }
         let s = _mm512_set1_ps(scale);
-        for (c, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(sc.as_mut_ptr().add(j0 + 16 * c), _mm512_mul_ps(*a, s));
+        for (r, acc) in acc.iter().enumerate() {
+            for (c, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(sc.as_mut_ptr().add(r * sp + j0 + 16 * c), _mm512_mul_ps(*a, s));
+            }
         }
     }
 
-    /// `o[t] = Σ_j p[j] · v[j * stride + t]`, 64 values of `o` at a time in registers.
+    /// `o[r * hd + t] = Σ_{j<n} p[r * sp + j] · v[j * stride + t]` for rows `r < rows`, 64
+    /// values of each output row at a time in registers.
     ///
     /// # Safety
-    /// AVX-512F; `v` valid for `p.len()` rows of `o.len()` values, `stride` apart.
+    /// AVX-512F; `rows` in 1..=6; `p` holds `rows` rows of `sp >= n` values, `o` `rows` rows
+    /// of `hd`; `v` valid for `n` rows of `hd` values, `stride` apart.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn weighted_sum(p: &[f32], v: *const f32, stride: usize, o: &mut [f32]) {
-        let hd = o.len();
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn weighted_sum_rows(
+        rows: usize,
+        p: &[f32],
+        sp: usize,
+        n: usize,
+        v: *const f32,
+        stride: usize,
+        o: &mut [f32],
+        hd: usize,
+    ) {
+        debug_assert!(p.len() >= rows * sp && n <= sp && o.len() >= rows * hd);
+        rows_dispatch!(rows, weighted_sum_r, p, sp, n, v, stride, o, hd)
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn weighted_sum_r<const R: usize>(
+        p: &[f32],
+        sp: usize,
+        n: usize,
+        v: *const f32,
+        stride: usize,
+        o: &mut [f32],
+        hd: usize,
+    ) {
         let mut t0 = 0;
         while t0 < hd {
-            match (hd - t0).div_ceil(16) {
-                1 => sum_block::<1>(p, v, stride, t0, o),
-                2 => sum_block::<2>(p, v, stride, t0, o),
-                3 => sum_block::<3>(p, v, stride, t0, o),
-                _ => sum_block::<4>(p, v, stride, t0, o),
-            }
+            cols_dispatch!((hd - t0).div_ceil(16), sum_tile::<R>, p, sp, n, v, stride, t0, o, hd);
             t0 += 64;
         }
     }
 
     #[inline(always)]
-    unsafe fn sum_block<const C: usize>(
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn sum_tile<const R: usize, const C: usize>(
         p: &[f32],
+        sp: usize,
+        n: usize,
         v: *const f32,
         stride: usize,
         t0: usize,
         o: &mut [f32],
+        hd: usize,
     ) {
-        let hd = o.len();
         let masks: [__mmask16; C] = std::array::from_fn(|c| {
             let left = hd.saturating_sub(t0 + 16 * c).min(16);
             ((1u32 << left) - 1) as u16
         });
-        let mut acc = [_mm512_setzero_ps(); C];
-        for (j, &pj) in p.iter().enumerate() {
-            let pv = _mm512_set1_ps(pj);
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let pp = p.as_ptr();
+        for j in 0..n {
             let row = v.add(j * stride + t0);
-            for (c, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(masks[c], row.add(16 * c)), *a);
+            let x: [__m512; C] =
+                std::array::from_fn(|c| _mm512_maskz_loadu_ps(masks[c], row.add(16 * c)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let pv = _mm512_set1_ps(*pp.add(r * sp + j));
+                for (a, &xc) in acc.iter_mut().zip(&x) {
+                    *a = _mm512_fmadd_ps(pv, xc, *a);
+                }
             }
         }
-        for (c, a) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(o.as_mut_ptr().add(t0 + 16 * c), masks[c], *a);
+        for (r, acc) in acc.iter().enumerate() {
+            for (c, a) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(o.as_mut_ptr().add(r * hd + t0 + 16 * c), masks[c], *a);
+            }
         }
     }
 }
@@ -336,121 +463,156 @@ mod x86 {
 mod x86_avx2 {
     use std::arch::x86_64::*;
 
-    /// As [`super::x86::scores`] with 8-lane registers, 32 keys at a time.
+    /// As [`super::x86::scores_rows`] with 8-lane registers, 32 keys at a time.
     ///
     /// # Safety
-    /// AVX2 and FMA; `kt` holds `q.len() * sp` values and `sc` at least `n` rounded up to 8,
-    /// which must not exceed `sp`.
+    /// AVX2 and FMA; each `q[r]` valid for `hd` values; `kt` holds `hd * sp` values and `sc`
+    /// `q.len()` rows of `sp`, with `n` rounded up to 8 at most `sp`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores(
-        q: &[f32],
+    pub(super) unsafe fn scores_rows(
+        q: &[*const f32],
+        hd: usize,
         kt: &[f32],
         sp: usize,
         n: usize,
         scale: f32,
         sc: &mut [f32],
     ) {
-        debug_assert!(n.div_ceil(8) * 8 <= sp && kt.len() >= q.len() * sp && sc.len() >= sp);
+        debug_assert!(n.div_ceil(8) * 8 <= sp && kt.len() >= hd * sp);
+        debug_assert!(sc.len() >= q.len() * sp);
+        rows_dispatch!(q.len(), scores_r, q, hd, kt, sp, n, scale, sc)
+    }
+
+    #[inline(always)]
+    unsafe fn scores_r<const R: usize>(
+        q: &[*const f32],
+        hd: usize,
+        kt: &[f32],
+        sp: usize,
+        n: usize,
+        scale: f32,
+        sc: &mut [f32],
+    ) {
+        let q: [*const f32; R] = std::array::from_fn(|r| q[r]);
         let mut j0 = 0;
         while j0 < n {
-            match (n - j0).div_ceil(8) {
-                1 => scores_block::<1>(q, kt, sp, j0, scale, sc),
-                2 => scores_block::<2>(q, kt, sp, j0, scale, sc),
-                3 => scores_block::<3>(q, kt, sp, j0, scale, sc),
-                _ => scores_block::<4>(q, kt, sp, j0, scale, sc),
-            }
+            cols_dispatch!((n - j0).div_ceil(8), scores_tile::<R>, q, hd, kt, sp, j0, scale, sc);
             j0 += 32;
         }
     }
 
     #[inline(always)]
-    unsafe fn scores_block<const C: usize>(
-        q: &[f32],
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn scores_tile<const R: usize, const C: usize>(
+        q: [*const f32; R],
+        hd: usize,
         kt: &[f32],
         sp: usize,
         j0: usize,
         scale: f32,
         sc: &mut [f32],
     ) {
-        let mut acc = [_mm256_setzero_ps(); C];
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
         let base = kt.as_ptr().add(j0);
-        for (t, &qt) in q.iter().enumerate() {
-            let qv = _mm256_set1_ps(qt);
+        for t in 0..hd {
             let row = base.add(t * sp);
-            for (c, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(row.add(8 * c)), *a);
+            let k: [__m256; C] = std::array::from_fn(|c| _mm256_loadu_ps(row.add(8 * c)));
+            for (qr, acc) in q.iter().zip(acc.iter_mut()) {
+                let qv = _mm256_set1_ps(*qr.add(t));
+                for (a, &kc) in acc.iter_mut().zip(&k) {
+                    *a = _mm256_fmadd_ps(qv, kc, *a);
+                }
             }
         }
         let s = _mm256_set1_ps(scale);
-        for (c, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(sc.as_mut_ptr().add(j0 + 8 * c), _mm256_mul_ps(*a, s));
+        for (r, acc) in acc.iter().enumerate() {
+            for (c, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(sc.as_mut_ptr().add(r * sp + j0 + 8 * c), _mm256_mul_ps(*a, s));
+            }
         }
     }
 
-    /// As [`super::x86::weighted_sum`] with 8-lane registers, 32 values of `o` at a time.
+    /// As [`super::x86::weighted_sum_rows`] with 8-lane registers, 32 values of each output
+    /// row at a time.
     ///
     /// # Safety
-    /// AVX2 and FMA; `v` valid for `p.len()` rows of `o.len()` values, `stride` apart.
+    /// AVX2 and FMA; `rows` in 1..=6; `p` holds `rows` rows of `sp >= n` values, `o` `rows`
+    /// rows of `hd`; `v` valid for `n` rows of `hd` values, `stride` apart.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_sum(p: &[f32], v: *const f32, stride: usize, o: &mut [f32]) {
-        let hd = o.len();
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn weighted_sum_rows(
+        rows: usize,
+        p: &[f32],
+        sp: usize,
+        n: usize,
+        v: *const f32,
+        stride: usize,
+        o: &mut [f32],
+        hd: usize,
+    ) {
+        debug_assert!(p.len() >= rows * sp && n <= sp && o.len() >= rows * hd);
+        rows_dispatch!(rows, weighted_sum_r, p, sp, n, v, stride, o, hd)
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn weighted_sum_r<const R: usize>(
+        p: &[f32],
+        sp: usize,
+        n: usize,
+        v: *const f32,
+        stride: usize,
+        o: &mut [f32],
+        hd: usize,
+    ) {
         let mut t0 = 0;
         while t0 < hd {
-            match (hd - t0).div_ceil(8) {
-                1 => sum_block::<1>(p, v, stride, t0, o),
-                2 => sum_block::<2>(p, v, stride, t0, o),
-                3 => sum_block::<3>(p, v, stride, t0, o),
-                _ => sum_block::<4>(p, v, stride, t0, o),
-            }
+            cols_dispatch!((hd - t0).div_ceil(8), sum_tile::<R>, p, sp, n, v, stride, t0, o, hd);
             t0 += 32;
         }
     }
 
     #[inline(always)]
-    unsafe fn sum_block<const C: usize>(
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn sum_tile<const R: usize, const C: usize>(
         p: &[f32],
+        sp: usize,
+        n: usize,
         v: *const f32,
         stride: usize,
         t0: usize,
         o: &mut [f32],
+        hd: usize,
     ) {
-        let hd = o.len();
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let masks: [__m256i; C] = std::array::from_fn(|c| {
             let left = hd.saturating_sub(t0 + 8 * c).min(8);
             _mm256_cmpgt_epi32(_mm256_set1_epi32(left as i32), lanes)
         });
         let full = t0 + 8 * C <= hd;
-        let mut acc = [_mm256_setzero_ps(); C];
-        for (j, &pj) in p.iter().enumerate() {
-            let pv = _mm256_set1_ps(pj);
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let pp = p.as_ptr();
+        for j in 0..n {
             let row = v.add(j * stride + t0);
-            for (c, a) in acc.iter_mut().enumerate() {
-                let x = if full {
+            let x: [__m256; C] = std::array::from_fn(|c| {
+                if full {
                     _mm256_loadu_ps(row.add(8 * c))
                 } else {
                     _mm256_maskload_ps(row.add(8 * c), masks[c])
-                };
-                *a = _mm256_fmadd_ps(pv, x, *a);
+                }
+            });
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let pv = _mm256_set1_ps(*pp.add(r * sp + j));
+                for (a, &xc) in acc.iter_mut().zip(&x) {
+                    *a = _mm256_fmadd_ps(pv, xc, *a);
+                }
             }
         }
-        for (c, a) in acc.iter().enumerate() {
-            _mm256_maskstore_ps(o.as_mut_ptr().add(t0 + 8 * c), masks[c], *a);
+        for (r, acc) in acc.iter().enumerate() {
+            for (c, a) in acc.iter().enumerate() {
+                _mm256_maskstore_ps(o.as_mut_ptr().add(r * hd + t0 + 8 * c), masks[c], *a);
+            }
         }
-    }
-}
-
-/// In-place softmax: `e^(x - max) / sum`, as candle's `softmax_last_dim` computes it, with
-/// `isa`'s vector `exp` (`None`: scalar).
-fn softmax(x: &mut [f32], isa: Option<Isa>) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for v in x.iter_mut() {
-        *v -= max;
-    }
-    crate::clip::kernels::simd::exp_in_place_with(x, isa);
-    let sum: f32 = x.iter().sum();
-    for v in x.iter_mut() {
-        *v /= sum;
     }
 }
 
@@ -593,6 +755,15 @@ mod tests {
                     head_dim: 8,
                 },
                 true,
+            ),
+            (
+                AttentionShape {
+                    batch: 1,
+                    seq: 150,
+                    heads: 2,
+                    head_dim: 64,
+                },
+                false,
             ),
             (
                 AttentionShape {
