@@ -192,9 +192,7 @@ impl Task<'_> {
                 let v0 = self.qkv.as_ptr().add(at(0, 2));
                 match isa {
                     Isa::Avx512 => x86::scores_rows(&q, hd, &kt, sp, n, self.scale, &mut scores),
-                    Isa::Avx2 => {
-                        x86_avx2::scores_rows(&q, hd, &kt, sp, n, self.scale, &mut scores)
-                    }
+                    Isa::Avx2 => x86_avx2::scores_rows(&q, hd, &kt, sp, n, self.scale, &mut scores),
                 }
                 for (r, &(i, _)) in rows.iter().enumerate() {
                     let row = &mut scores[r * sp..r * sp + n];
@@ -346,7 +344,17 @@ mod x86 {
         let q: [*const f32; R] = std::array::from_fn(|r| q[r]);
         let mut j0 = 0;
         while j0 < n {
-            cols_dispatch!((n - j0).div_ceil(16), scores_tile::<R>, q, hd, kt, sp, j0, scale, sc);
+            cols_dispatch!(
+                (n - j0).div_ceil(16),
+                scores_tile::<R>,
+                q,
+                hd,
+                kt,
+                sp,
+                j0,
+                scale,
+                sc
+            );
             j0 += 64;
         }
     }
@@ -377,7 +385,10 @@ mod x86 {
         let s = _mm512_set1_ps(scale);
         for (r, acc) in acc.iter().enumerate() {
             for (c, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(sc.as_mut_ptr().add(r * sp + j0 + 16 * c), _mm512_mul_ps(*a, s));
+                _mm512_storeu_ps(
+                    sc.as_mut_ptr().add(r * sp + j0 + 16 * c),
+                    _mm512_mul_ps(*a, s),
+                );
             }
         }
     }
@@ -417,7 +428,18 @@ mod x86 {
     ) {
         let mut t0 = 0;
         while t0 < hd {
-            cols_dispatch!((hd - t0).div_ceil(16), sum_tile::<R>, p, sp, n, v, stride, t0, o, hd);
+            cols_dispatch!(
+                (hd - t0).div_ceil(16),
+                sum_tile::<R>,
+                p,
+                sp,
+                n,
+                v,
+                stride,
+                t0,
+                o,
+                hd
+            );
             t0 += 64;
         }
     }
@@ -496,7 +518,17 @@ mod x86_avx2 {
         let q: [*const f32; R] = std::array::from_fn(|r| q[r]);
         let mut j0 = 0;
         while j0 < n {
-            cols_dispatch!((n - j0).div_ceil(8), scores_tile::<R>, q, hd, kt, sp, j0, scale, sc);
+            cols_dispatch!(
+                (n - j0).div_ceil(8),
+                scores_tile::<R>,
+                q,
+                hd,
+                kt,
+                sp,
+                j0,
+                scale,
+                sc
+            );
             j0 += 32;
         }
     }
@@ -527,7 +559,10 @@ mod x86_avx2 {
         let s = _mm256_set1_ps(scale);
         for (r, acc) in acc.iter().enumerate() {
             for (c, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(sc.as_mut_ptr().add(r * sp + j0 + 8 * c), _mm256_mul_ps(*a, s));
+                _mm256_storeu_ps(
+                    sc.as_mut_ptr().add(r * sp + j0 + 8 * c),
+                    _mm256_mul_ps(*a, s),
+                );
             }
         }
     }
@@ -567,7 +602,18 @@ mod x86_avx2 {
     ) {
         let mut t0 = 0;
         while t0 < hd {
-            cols_dispatch!((hd - t0).div_ceil(8), sum_tile::<R>, p, sp, n, v, stride, t0, o, hd);
+            cols_dispatch!(
+                (hd - t0).div_ceil(8),
+                sum_tile::<R>,
+                p,
+                sp,
+                n,
+                v,
+                stride,
+                t0,
+                o,
+                hd
+            );
             t0 += 32;
         }
     }

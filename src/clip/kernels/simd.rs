@@ -382,7 +382,10 @@ mod tests {
                 let sum: f32 = got.iter().sum();
                 assert!((sum - 1.0).abs() < 1e-5, "{isa:?} n={n}: sums to {sum}");
                 for (g, w) in got.iter().zip(&want) {
-                    assert!((g - w).abs() <= 1e-6 * w.max(1e-3), "{isa:?} n={n}: {g} vs {w}");
+                    assert!(
+                        (g - w).abs() <= 1e-6 * w.max(1e-3),
+                        "{isa:?} n={n}: {g} vs {w}"
+                    );
                 }
             }
         }
