@@ -19,6 +19,8 @@ pub(super) const MR: usize = 6;
 /// (6 KiB) fit a 32 KiB L1 (Zen 2/3, Skylake). 768 (the AVX-512 depth) measured about 10%
 /// slower here (`bench_gemm`, one thread: 63-67 against 70-77 GFLOP per CPU-second), 384 the same.
 pub(super) const KC: usize = 256;
+/// Most column panels one task computes (768 columns, as before the AVX-512 split was tuned).
+pub(super) const NC: usize = 48;
 
 /// Runs the kernel for a block of `rows` (1..=MR) rows.
 ///

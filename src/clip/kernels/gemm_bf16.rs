@@ -44,18 +44,13 @@ pub fn from_bf16(h: u16) -> f32 {
 }
 
 /// Splits an `m x n` product into tasks that each own a range of 32-column panels (a whole
-/// number per thread, at most [`NC`] each) and calls `tile(q, rows, p, cols)` for every
+/// number per thread, at most [`NC`] each, [`column_chunks`](crate::clip::kernels::gemm::column_chunks)) and calls `tile(q, rows, p, cols)` for every
 /// `MR`-row panel `q` (with `rows` rows) and column panel `p` (with `cols` columns), row panels
 /// outermost within a task so one block of input rows is reused across the task's panels.
 pub(crate) fn for_each_tile(m: usize, n: usize, tile: impl Fn(usize, usize, usize, usize) + Sync) {
     let mp = m.div_ceil(MR);
     let np = n.div_ceil(NR);
-    let threads = rayon::current_num_threads().max(1);
-    let per = np.div_ceil(threads * np.div_ceil(threads * NC)).max(1);
-    let chunks: Vec<(usize, usize)> = (0..np)
-        .step_by(per)
-        .map(|p| (p, (p + per).min(np)))
-        .collect();
+    let chunks = crate::clip::kernels::gemm::column_chunks(np, NC);
     chunks.into_par_iter().for_each(|(p0, p1)| {
         for q in 0..mp {
             for p in p0..p1 {
