@@ -41,7 +41,8 @@ number `/usr/bin/time -v` prints as "Maximum resident set size"), all with threa
       repeats of a 1-image run, which is repeated with every repeat). transformers' in-process loop rate is also kept in the JSON.
       A third contender runs transformers with Pillow in a torch DataLoader with --threads
       worker processes (decoding and preprocessing overlap the model, as a tuned PyTorch input
-      pipeline does).
+      pipeline does). Unless --no-precisions, `cliplabel embed --precision bf16` and `int8`
+      run too (the same files; a lower precision only changes the encoder's linear layers).
   (b) encoder only, random normalised pixels, for each batch size: cliplabel
       (examples/bench_encoder.rs, Engine::embed_pixels) vs PyTorch (get_image_features) vs
       ONNX Runtime (intra_op_num_threads = threads, sequential, all graph optimisations).
@@ -702,13 +703,14 @@ def machine_info(threads: int) -> dict:
 SUMMARY_RE = re.compile(r"(\d+) images embedded, (\d+) failed")
 
 
-def task_cliplabel_e2e(paths_file, n, b, t):
+def task_cliplabel_e2e(paths_file, n, b, t, precision="fp32"):
     def run():
-        out = os.path.join(OUT_DIR, "cliplabel-e2e.safetensors")
+        out = os.path.join(OUT_DIR, f"cliplabel-e2e-{precision}.safetensors")
         with open(paths_file) as f:
             paths = [ln.rstrip("\n") for ln in f if ln.strip()]
         r = run_proc([CLIPLABEL, "embed", "--model", MODEL_DIR, "--out", out, "--batch-size", str(b),
-                      "--threads", str(t), *paths], f"cliplabel e2e n={n} b={b}")
+                      "--threads", str(t), "--precision", precision, *paths],
+                     f"cliplabel e2e n={n} b={b} {precision}")
         m = SUMMARY_RE.search(r["stderr"])
         if not m or int(m.group(1)) != n or int(m.group(2)) != 0:
             raise SystemExit(f"cliplabel embed did not embed {n} images:\n{r['stderr'][-2000:]}")
@@ -820,8 +822,13 @@ def run_benchmark(args) -> None:
         tasks.append(("e2e", "transformers", "startup", task_torch_e2e(one_file, 1, bs[0], threads)))
         tasks.append(("e2e", "transformers-dataloader", "startup",
                       task_torch_e2e(one_file, 1, bs[0], threads, workers=threads)))
+        lowp = ("bf16", "int8") if args.precisions else ()
+        for p in lowp:
+            tasks.append(("e2e", f"cliplabel-{p}", "startup", task_cliplabel_e2e(one_file, 1, bs[0], threads, p)))
         for b in bs:
             tasks.append(("e2e", "cliplabel", b, task_cliplabel_e2e(paths_file, n, b, threads)))
+            for p in lowp:
+                tasks.append(("e2e", f"cliplabel-{p}", b, task_cliplabel_e2e(paths_file, n, b, threads, p)))
             tasks.append(("e2e", "transformers", b, task_torch_e2e(paths_file, n, b, threads)))
             tasks.append(("e2e", "transformers-dataloader", b,
                           task_torch_e2e(paths_file, n, b, threads, workers=threads)))
@@ -908,7 +915,7 @@ def summarise(runs, args, n, bs) -> dict:
 
     out = {"e2e": {}, "encoder": {}, "text": {}}
     # end to end
-    for who in ("cliplabel", "transformers", "transformers-dataloader"):
+    for who in ("cliplabel", "cliplabel-bf16", "cliplabel-int8", "transformers", "transformers-dataloader"):
         start = pick("e2e", who, "startup")
         if not start:
             continue
@@ -1027,6 +1034,8 @@ def render(res, info, args) -> str:
                  "wall s | peak RSS MiB |")
         L.append("|---|---:|---:|---:|---:|---:|---:|")
         for who, name in (("cliplabel", "cliplabel embed"),
+                          ("cliplabel-bf16", "cliplabel embed --precision bf16"),
+                          ("cliplabel-int8", "cliplabel embed --precision int8"),
                           ("transformers", "transformers (Pillow processor + get_image_features)"),
                           ("transformers-dataloader",
                            f"transformers, Pillow in a DataLoader with {args.threads} workers")):
@@ -1204,8 +1213,8 @@ def main() -> None:
     ap.add_argument("--text-batch", type=int, default=256, help="prompts per text batch (default 256)")
     ap.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
     ap.add_argument("--no-precisions", dest="precisions", action="store_false",
-                    help="encoder section: skip the bf16/int8 contenders (cliplabel bf16/int8, PyTorch bf16 "
-                         "autocast, ONNX Runtime int8, OpenVINO f32/bf16)")
+                    help="skip the bf16/int8 contenders (cliplabel bf16/int8 end to end and encoder-only, "
+                         "PyTorch bf16 autocast, ONNX Runtime int8, OpenVINO f32/bf16)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build first")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-args", help=argparse.SUPPRESS)

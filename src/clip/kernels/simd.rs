@@ -149,9 +149,12 @@ pub(crate) mod avx2 {
     }
 }
 
-/// `x = e^x` for every value, with the vector loops of `isa` (`None`: scalar).
+/// `x = e^x` for every value, with the vector loops of `isa` (`None`: scalar). The kernels
+/// use the vector `exp` inside fused loops ([`softmax_in_place_with`], the GEMM's
+/// `quick_gelu`); this whole-slice form is what the accuracy tests check it through.
 ///
 /// Panics if the CPU lacks `isa`.
+#[cfg(test)]
 pub fn exp_in_place_with(x: &mut [f32], isa: Option<Isa>) {
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -206,7 +209,7 @@ fn exp_in_place_avx2(x: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(test, target_arch = "x86_64"))]
 #[target_feature(enable = "avx512f")]
 fn exp_in_place_avx512(x: &mut [f32]) {
     use std::arch::x86_64::*;
