@@ -9,7 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod hub;
 // Private: the kernels assume checked arguments and panic otherwise. The `internals` feature
-// exposes them for examples/bench_gemm.rs.
+// exposes them for the kernel benchmarks (examples/bench_gemm.rs, bench_attention.rs, ...).
 #[cfg(feature = "internals")]
 pub mod kernels;
 #[cfg(not(feature = "internals"))]

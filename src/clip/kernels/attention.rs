@@ -5,8 +5,8 @@
 //! multiplies. Here each (sequence, head) pair is one task that reads Q, K and V in place from
 //! the fused QKV projection's output and writes its slice of the result rows directly. The two
 //! products (scores, weighted sum of values) have AVX-512 and AVX2 + FMA loops ([`Isa`]) and a
-//! portable fallback. The vector loops take a block of query rows at a time (12 with AVX-512, 3
-//! with AVX2), like a matrix multiply's register tile, so each key and value loaded from the
+//! portable fallback. The vector loops take a block of query rows at a time (6 or 12 with
+//! AVX-512, 3 with AVX2), like a matrix multiply's register tile, so each key and value loaded from the
 //! cache serves every row of the block; one query row at a time, the products were bound by
 //! cache bandwidth (at ViT-L/14-336's 577 tokens, attention ran at a fifth of the linear
 //! layers' rate and took 31% of the encoder's time; README "Performance" has the figures).
@@ -172,7 +172,7 @@ impl Task<'_> {
                 *k = self.qkv[at(j, 1) + t];
             }
         }
-        let block = isa.attention_rows();
+        let block = isa.attention_rows(seq);
         let mut scores = vec![0f32; block * sp];
         let mut o = vec![0f32; block * hd];
         let queries = self.queries();
@@ -301,13 +301,16 @@ macro_rules! cols_dispatch {
 }
 
 impl Isa {
-    /// Query rows one register-blocked attention tile computes. AVX-512: 12 rows of two
-    /// 16-lane registers (24 accumulators, 2 loaded vectors and a broadcast in 32 registers;
-    /// 14% faster than 6 rows of four at 577 tokens, the same at 197). AVX2: 3 rows of up to
-    /// four 8-lane registers (16 registers; one may spill, still faster than 2 rows).
-    fn attention_rows(self) -> usize {
+    /// Query rows one register-blocked attention tile computes for sequences of `seq` tokens.
+    /// AVX-512: from 128 tokens, 12 rows of two 16-lane registers (24 accumulators, 2 loaded
+    /// vectors and a broadcast in 32 registers: 14% faster than 6 rows of four at 577 tokens),
+    /// below it 6 rows of four (13% faster than 12 at 50 tokens, where 12-row blocks leave more
+    /// of a short sequence to the tail). AVX2: 3 rows of up to four 8-lane registers (16
+    /// registers; one may spill, still faster than 2 rows).
+    fn attention_rows(self, seq: usize) -> usize {
         match self {
-            Isa::Avx512 => 12,
+            Isa::Avx512 if seq >= 128 => 12,
+            Isa::Avx512 => 6,
             Isa::Avx2 => 3,
         }
     }
