@@ -16,25 +16,12 @@ use candle_core::{Device, Tensor};
 use cliplabel::clip::kernels::attention::{attention, AttentionShape, Queries};
 use cliplabel::clip::kernels::simd::Isa;
 
+#[path = "support/timing.rs"]
+mod timing;
+use timing::{cpu_ns, median};
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Nanoseconds this process's threads have spent on a CPU (0 where Linux's schedstat is
-/// missing).
-fn cpu_ns() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
 
 /// candle's composition on `qkv` (`[b, s, 3 · h · hd]`), as the model's unfused path runs it.
 fn candle_attention(qkv: &[f32], s: AttentionShape, scale: f32) -> candle_core::Result<Vec<f32>> {

@@ -32,6 +32,10 @@ use clap::Parser;
 use cliplabel::clip::engine::{Engine, EngineOptions, Features};
 use cliplabel::images::preprocess::Pixels;
 
+#[path = "support/timing.rs"]
+mod timing;
+use timing::cpu_ns;
+
 #[derive(Parser, Debug)]
 #[command(about = "Encoder-only throughput of cliplabel (images or prompts per second)")]
 struct Args {
@@ -187,19 +191,6 @@ fn read_lines(path: &PathBuf) -> anyhow::Result<Vec<String>> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(String::from)
         .collect())
-}
-
-/// Nanoseconds this process's threads have spent on a CPU (Linux's
-/// `/proc/self/task/*/schedstat`; 0 elsewhere): images per CPU-second are less sensitive than
-/// images per second to other processes taking the cores of a shared machine.
-fn cpu_ns() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
 }
 
 fn bench_images(engine: &Engine, a: &Args, threads: usize) -> anyhow::Result<serde_json::Value> {

@@ -13,30 +13,12 @@ use std::time::Instant;
 use candle_core::{Device, Module, Tensor};
 use cliplabel::clip::kernels::gemm::{Epilogue, Isa, PackedWeight};
 
+#[path = "support/timing.rs"]
+mod timing;
+use timing::{cpu_ns, median};
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// Nanoseconds this process's threads have spent on a CPU (0 where Linux's schedstat is
-/// missing).
-fn cpu_ns() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
 
 /// Floating-point operations of a register-only loop of independent FMAs (24 chains of 16 lanes
 /// for AVX-512, 12 of 8 for AVX2), about 0.3 s of work; `isa` must be available.
