@@ -164,13 +164,22 @@ impl Task<'_> {
         let (seq, hd, d, h) = (self.shape.seq, self.shape.head_dim, self.d(), self.h);
         let seq_base = self.b * seq * 3 * d;
         let at = |j: usize, part: usize| seq_base + j * 3 * d + part * d + h * hd;
-        // Keys transposed and padded to whole 16-lane blocks (zeros past the sequence).
+        // Keys transposed into panels of 16 (zeros past the sequence): key `j`, value `t` at
+        // `(j / 16) * hd * 16 + t * 16 + j % 16`, so a tile of keys reads each panel
+        // front to back (one row of the transpose, 16 keys wide, was a stride of the whole
+        // sequence apart).
         let sp = seq.div_ceil(16) * 16;
         let mut kt = vec![0f32; hd * sp];
-        for (t, kt_row) in kt.chunks_exact_mut(sp).enumerate() {
-            for (j, k) in kt_row[..seq].iter_mut().enumerate() {
-                *k = self.qkv[at(j, 1) + t];
+        for j in 0..seq {
+            let panel = &mut kt[(j / 16) * hd * 16..][..hd * 16];
+            for (t, &k) in self.qkv[at(j, 1)..at(j, 1) + hd].iter().enumerate() {
+                panel[t * 16 + j % 16] = k;
             }
+        }
+        // Values copied to consecutive rows, read front to back by the weighted sums.
+        let mut vs = vec![0f32; seq * hd];
+        for (j, row) in vs.chunks_exact_mut(hd.max(1)).enumerate() {
+            row.copy_from_slice(&self.qkv[at(j, 2)..at(j, 2) + hd]);
         }
         let block = isa.attention_rows(seq);
         let mut scores = vec![0f32; block * sp];
@@ -189,7 +198,7 @@ impl Task<'_> {
             // values and `o` `block` rows of hd; query and value rows lie inside `qkv` (checked
             // by `attention`); the CPU has `isa`.
             unsafe {
-                let v0 = self.qkv.as_ptr().add(at(0, 2));
+                let v0 = vs.as_ptr();
                 match isa {
                     Isa::Avx512 => x86::scores_rows(&q, hd, &kt, sp, n, self.scale, &mut scores),
                     Isa::Avx2 => x86_avx2::scores_rows(&q, hd, &kt, sp, n, self.scale, &mut scores),
@@ -201,7 +210,7 @@ impl Task<'_> {
                 }
                 match isa {
                     Isa::Avx512 => {
-                        x86::weighted_sum_rows(rows.len(), &scores, sp, n, v0, 3 * d, &mut o, hd)
+                        x86::weighted_sum_rows(rows.len(), &scores, sp, n, v0, hd, &mut o, hd)
                     }
                     Isa::Avx2 => x86_avx2::weighted_sum_rows(
                         rows.len(),
@@ -209,7 +218,7 @@ impl Task<'_> {
                         sp,
                         n,
                         v0,
-                        3 * d,
+                        hd,
                         &mut o,
                         hd,
                     ),
@@ -330,11 +339,12 @@ mod x86 {
         }
     }
 
-    /// `sc[r * sp + j] = scale * Σ_t q[r][t] · kt[t * sp + j]` for every row `r` of `q` (1 to
+    /// `sc[r * sp + j] = scale * Σ_t q[r][t] · K[j][t]` for every row `r` of `q` (1 to
     /// 12 pointers to `hd` values) and `j < n`, 64 keys (32 above 6 rows) at a time in registers.
     ///
     /// # Safety
-    /// AVX-512F; each `q[r]` valid for `hd` values; `kt` holds `hd * sp` values and `sc`
+    /// AVX-512F; each `q[r]` valid for `hd` values; `kt` holds the keys in panels of 16
+    /// (`K[j][t]` at `(j / 16) * hd * 16 + t * 16 + j % 16`, `hd * sp` values) and `sc`
     /// `q.len()` rows of `sp`, with `n` rounded up to 16 at most `sp`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn scores_rows(
@@ -391,10 +401,12 @@ mod x86 {
         sc: &mut [f32],
     ) {
         let mut acc = [[_mm512_setzero_ps(); C]; R];
-        let base = kt.as_ptr().add(j0);
+        // Panels of 16 keys, `hd * 16` values each (see `Task::run_simd`); `j0` is a multiple
+        // of 16.
+        let base = kt.as_ptr().add(j0 / 16 * hd * 16);
         for t in 0..hd {
-            let row = base.add(t * sp);
-            let k: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(row.add(16 * c)));
+            let k: [__m512; C] =
+                std::array::from_fn(|c| _mm512_loadu_ps(base.add(c * hd * 16 + t * 16)));
             for (qr, acc) in q.iter().zip(acc.iter_mut()) {
                 let qv = _mm512_set1_ps(*qr.add(t));
                 for (a, &kc) in acc.iter_mut().zip(&k) {
@@ -508,7 +520,8 @@ mod x86_avx2 {
     /// As [`super::x86::scores_rows`] with 8-lane registers, 32 keys at a time.
     ///
     /// # Safety
-    /// AVX2 and FMA; each `q[r]` valid for `hd` values; `kt` holds `hd * sp` values and `sc`
+    /// AVX2 and FMA; each `q[r]` valid for `hd` values; `kt` holds the keys in panels of 16
+    /// as for [`super::x86::scores_rows`] (`hd * sp` values) and `sc`
     /// `q.len()` rows of `sp`, with `n` rounded up to 8 at most `sp`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn scores_rows(
@@ -565,10 +578,13 @@ mod x86_avx2 {
         sc: &mut [f32],
     ) {
         let mut acc = [[_mm256_setzero_ps(); C]; R];
-        let base = kt.as_ptr().add(j0);
+        // Panels of 16 keys (see `Task::run_simd`); `j0` is a multiple of 32, register `c`
+        // holds keys `j0 + 8c ..`: half `c % 2` of panel `j0 / 16 + c / 2`.
+        let base = kt.as_ptr().add(j0 / 16 * hd * 16);
         for t in 0..hd {
-            let row = base.add(t * sp);
-            let k: [__m256; C] = std::array::from_fn(|c| _mm256_loadu_ps(row.add(8 * c)));
+            let k: [__m256; C] = std::array::from_fn(|c| {
+                _mm256_loadu_ps(base.add((c / 2) * hd * 16 + t * 16 + (c % 2) * 8))
+            });
             for (qr, acc) in q.iter().zip(acc.iter_mut()) {
                 let qv = _mm256_set1_ps(*qr.add(t));
                 for (a, &kc) in acc.iter_mut().zip(&k) {
