@@ -212,16 +212,9 @@ impl Task<'_> {
                     Isa::Avx512 => {
                         x86::weighted_sum_rows(rows.len(), &scores, sp, n, v0, hd, &mut o, hd)
                     }
-                    Isa::Avx2 => x86_avx2::weighted_sum_rows(
-                        rows.len(),
-                        &scores,
-                        sp,
-                        n,
-                        v0,
-                        hd,
-                        &mut o,
-                        hd,
-                    ),
+                    Isa::Avx2 => {
+                        x86_avx2::weighted_sum_rows(rows.len(), &scores, sp, n, v0, hd, &mut o, hd)
+                    }
                 }
                 for (r, &(_, out_row)) in rows.iter().enumerate() {
                     std::ptr::copy_nonoverlapping(
