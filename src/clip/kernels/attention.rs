@@ -194,9 +194,9 @@ impl Task<'_> {
                 .iter()
                 .map(|&(i, _)| self.qkv[at(i, 0)..at(i, 0) + hd].as_ptr())
                 .collect();
-            // SAFETY: `kt` is hd x sp; `scores` holds `block` rows of sp >= n rounded up to 16
-            // values and `o` `block` rows of hd; query and value rows lie inside `qkv` (checked
-            // by `attention`); the CPU has `isa`.
+            // SAFETY: `kt` holds hd x sp keys and `vs` seq >= n rows of hd values; `scores`
+            // holds `block` rows of sp >= n rounded up to 16 values and `o` `block` rows of hd;
+            // query rows lie inside `qkv` (checked by `attention`); the CPU has `isa`.
             unsafe {
                 let v0 = vs.as_ptr();
                 match isa {
