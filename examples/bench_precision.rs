@@ -1,6 +1,7 @@
 //! GFLOP/s of the packed matrix multiply in each precision (fp32, bf16, int8) at ViT-B/32's
-//! linear-layer shapes, the precisions interleaved within each repeat so that a noisy, shared
-//! machine disturbs them alike. Int8 counts its multiply-adds as two operations, like fp32.
+//! linear-layer shapes, on the AVX-512 kernels and on the AVX2 ones (fp32 with FMA, int8 with
+//! AVX-VNNI), interleaved within each repeat so that a noisy, shared machine disturbs them
+//! alike. Int8 counts its multiply-adds as two operations, like fp32.
 //!
 //! `cargo run --release --example bench_precision -- [rows] [repeats]` (rows default 1600: 32
 //! images of 50 tokens). Prints the load average before and after, then per shape and precision
@@ -11,6 +12,7 @@ use std::time::Instant;
 use cliplabel::clip::kernels::gemm::{self, Epilogue, PackedWeight};
 use cliplabel::clip::kernels::gemm_bf16::{self, PackedBf16};
 use cliplabel::clip::kernels::gemm_int8::{self, PackedInt8};
+use cliplabel::clip::kernels::simd::Isa;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -41,7 +43,9 @@ fn main() -> anyhow::Result<()> {
         gemm::available(),
         "this CPU has no AVX-512: nothing to compare"
     );
-    let (bf16, int8) = (gemm_bf16::available(), gemm_int8::available());
+    let bf16 = gemm_bf16::available();
+    let int8 = gemm_int8::available_for(Isa::Avx512);
+    let (fp32_avx2, int8_avx2) = (Isa::Avx2.available(), gemm_int8::available_for(Isa::Avx2));
     println!(
         "rows {m}, threads {}, repeats {reps}, load average {}",
         rayon::current_num_threads(),
@@ -56,11 +60,13 @@ fn main() -> anyhow::Result<()> {
         let w = values(n * k, 1, 0.07);
         let b = values(n, 2, 0.04);
         let x = values(m * k, 3, 3.4);
-        let f = PackedWeight::new(&w, Some(&b), n, k);
+        let f = PackedWeight::new_for(Isa::Avx512, &w, Some(&b), n, k);
         let h = PackedBf16::new(&w, Some(&b), n, k);
-        let q = PackedInt8::new(&w, Some(&b), n, k);
-        let mut outs = vec![vec![0f32; m * n]; 3];
-        let mut times: Vec<Vec<f64>> = vec![Vec::new(); 3];
+        let q = PackedInt8::new_for(Isa::Avx512, &w, Some(&b), n, k);
+        let f2 = PackedWeight::new_for(Isa::Avx2, &w, Some(&b), n, k);
+        let q2 = PackedInt8::new_for(Isa::Avx2, &w, Some(&b), n, k);
+        let mut outs = vec![vec![0f32; m * n]; 5];
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); 5];
         for _ in 0..reps {
             for (i, out) in outs.iter_mut().enumerate() {
                 let t = Instant::now();
@@ -68,6 +74,8 @@ fn main() -> anyhow::Result<()> {
                     0 => f.matmul(&x, m, out),
                     1 if bf16 => h.matmul(&x, m, out, Epilogue::None),
                     2 if int8 => q.matmul(&x, m, out, Epilogue::None),
+                    3 if fp32_avx2 => f2.matmul(&x, m, out),
+                    4 if int8_avx2 => q2.matmul(&x, m, out, Epilogue::None),
                     _ => continue,
                 }
                 times[i].push(t.elapsed().as_secs_f64());
@@ -75,7 +83,10 @@ fn main() -> anyhow::Result<()> {
         }
         let flops = 2.0 * (m * n * k) as f64;
         let mut line = format!("{name:4} {n:5}x{k:5}:");
-        for (i, label) in ["fp32", "bf16", "int8"].iter().enumerate() {
+        for (i, label) in ["fp32", "bf16", "int8", "fp32-avx2", "int8-avx2"]
+            .iter()
+            .enumerate()
+        {
             let t = &mut times[i];
             if t.is_empty() {
                 line += &format!("  {label} n/a");
@@ -92,7 +103,7 @@ fn main() -> anyhow::Result<()> {
                     .sum::<f64>()
                     .sqrt();
             line += &format!(
-                "  {label} {:6.1} (best {:6.1}) GFLOP/s rel.err {err:.1e}",
+                "\n  {label:9} {:6.1} (best {:6.1}) GFLOP/s rel.err {err:.1e}",
                 flops / t[t.len() / 2] / 1e9,
                 flops / t[0] / 1e9
             );

@@ -17,7 +17,8 @@ by scripts/make_random_clip.py when missing.
 
 Contenders, each in its own process, all with --threads threads:
   * cliplabel fp32 / bf16 / int8: examples/bench_encoder.rs (`Engine::embed_pixels`,
-    `--precision`), the pixels read from a file;
+    `--precision`), the pixels read from a file; a third part forces the kernels, e.g.
+    `cliplabel_int8_avx2` (int8 on the AVX2 kernels with AVX-VNNI, as on an AVX2-only CPU);
   * ONNX Runtime fp32: the exported graph, all graph optimisations, sequential execution;
   * ONNX Runtime int8: `quantize_dynamic` (QInt8 weights, per-tensor scales by default as in the
     issue's figures; `--ort-per-channel` for per-channel) on the same graph;
@@ -245,12 +246,13 @@ def child(kind: str, a: dict) -> dict:
 def run_contender(kind: str, a: dict, bench_bin: str) -> dict:
     env = dict(os.environ, RAYON_NUM_THREADS=str(a["threads"]), OMP_NUM_THREADS=str(a["threads"]))
     if kind.startswith("cliplabel"):
-        precision = kind.split("_")[1]
+        # cliplabel_PRECISION or cliplabel_PRECISION_KERNELS (e.g. cliplabel_int8_avx2).
+        parts = kind.split("_")
         cmd = [
             bench_bin, a["model"], "--batch", str(a["batch"]), "--iters", str(a["iters"]),
-            "--threads", str(a["threads"]), "--precision", precision,
+            "--threads", str(a["threads"]), "--precision", parts[1],
             "--pixels", a["pixels"], "--dump", a["dump"],
-        ]
+        ] + (["--kernels", parts[2]] if len(parts) > 2 else [])
     else:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, json.dumps(a)]
     t = time.perf_counter()

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use cliplabel::clip::engine::{Engine, EngineOptions, Features};
-use cliplabel::Precision;
+use cliplabel::{Kernels, Precision};
 use common::*;
 
 fn repo() -> PathBuf {
@@ -25,7 +25,18 @@ fn native(p: Precision) -> bool {
 
 /// The engine for `spec` in precision `p`, on the CPU.
 fn engine(spec: &str, p: Precision) -> Engine {
-    Engine::try_new(EngineOptions::new(spec).device(Device::Cpu).precision(p)).unwrap()
+    engine_on(spec, p, Kernels::Auto)
+}
+
+/// The engine for `spec` in precision `p`, on the CPU, with `kernels` forced.
+fn engine_on(spec: &str, p: Precision, kernels: Kernels) -> Engine {
+    Engine::try_new(
+        EngineOptions::new(spec)
+            .device(Device::Cpu)
+            .precision(p)
+            .kernels(kernels),
+    )
+    .unwrap()
 }
 
 /// The smallest cosine similarity between corresponding rows of `a` and `b`.
@@ -89,11 +100,24 @@ fn features_stay_close_to_fp32() {
         let texts = prompts();
         let img0 = base.embed_pixels(&pixels, Features::Projected).unwrap();
         let txt0 = base.embed_texts(&texts, 64).unwrap();
-        for (p, target) in [(Precision::Bf16, 0.999), (Precision::Int8, 0.99)] {
-            let e = engine(spec, p);
-            if !native(p) {
+        // int8 also on the AVX2 kernels (AVX-VNNI), where this CPU has AVX2.
+        let avx2 = (Kernels::Avx2.resolve().0 == Kernels::Avx2).then_some((
+            Precision::Int8,
+            0.99,
+            Kernels::Avx2,
+        ));
+        for (p, target, kernels) in [
+            (Precision::Bf16, 0.999, Kernels::Auto),
+            (Precision::Int8, 0.99, Kernels::Auto),
+        ]
+        .into_iter()
+        .chain(avx2)
+        {
+            let e = engine_on(spec, p, kernels);
+            if !kernels.runs_natively(p) {
                 skipped(&format!(
-                    "{name}: this CPU cannot run {p}; the fallback note is checked instead"
+                    "{name}: this CPU cannot run {p} on the {kernels} kernels; the fallback \
+                     note is checked instead"
                 ));
                 assert_ne!(e.precision(), p);
                 assert!(e.precision_note().is_some());
@@ -111,7 +135,8 @@ fn features_stay_close_to_fp32() {
             );
             let txt = min_row_cosine(&e.embed_texts(&texts, 64).unwrap(), &txt0);
             println!(
-                "{name} {p}: min cosine to fp32 over {} images {img:.6}, over {} prompts {txt:.6}",
+                "{name} {p} ({kernels} kernels): min cosine to fp32 over {} images {img:.6}, \
+                 over {} prompts {txt:.6}",
                 pixels.len(),
                 texts.len()
             );

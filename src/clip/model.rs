@@ -30,8 +30,8 @@ pub enum Kernels {
     Auto,
     /// cliplabel's packed AVX-512 kernels (fp32, bf16, int8).
     Avx512,
-    /// cliplabel's packed AVX2 + FMA kernels (fp32 only: bf16 and int8 need AVX-512 and fall
-    /// back to fp32 with a note).
+    /// cliplabel's packed AVX2 + FMA kernels (fp32; int8 with AVX-VNNI; bf16 needs AVX-512
+    /// and falls back to fp32 with a note).
     Avx2,
     /// candle's matmul and attention everywhere; the baseline the packed kernels are tested
     /// against.
@@ -95,6 +95,12 @@ impl Kernels {
         }
     }
 
+    /// Whether precision `p` runs as asked, without falling back, on the path `self` takes on
+    /// this CPU (see [`precision::resolve`]).
+    pub fn runs_natively(self, p: Precision) -> bool {
+        p.native_with(self.resolve().0.isa())
+    }
+
     /// The packed kernels' instruction set for a resolved path (`None`: candle's).
     fn isa(self) -> Option<Isa> {
         match self {
@@ -148,7 +154,7 @@ impl Dense {
         Ok(match precision {
             Precision::Fp32 => Dense::Packed(PackedWeight::new_for(isa, &w, b, n, k)),
             Precision::Bf16 => Dense::Bf16(PackedBf16::new(&w, b, n, k)),
-            Precision::Int8 => Dense::Int8(PackedInt8::new(&w, b, n, k)),
+            Precision::Int8 => Dense::Int8(PackedInt8::new_for(isa, &w, b, n, k)),
         })
     }
 
@@ -510,11 +516,8 @@ impl ClipModel {
             (Kernels::Candle, note)
         };
         let isa = kernels.isa();
-        let (precision, precision_note) = precision::resolve(
-            precision,
-            isa == Some(Isa::Avx512),
-            precision::Caps::detect(),
-        );
+        let (precision, precision_note) =
+            precision::resolve(precision, isa, precision::Caps::detect());
         let l = Loader {
             ckpt,
             device,
@@ -906,39 +909,95 @@ mod tests {
         }
     }
 
-    /// bf16 and int8 need the AVX-512 kernels: under the AVX2 kernels (and candle's) they fall
-    /// back to fp32 with a note; under forced AVX-512 they run where the CPU has them.
+    /// Under candle's path bf16 and int8 fall back to fp32 with a note; under the AVX2 kernels
+    /// bf16 does too, and int8 runs where the CPU has AVX-VNNI (else falls back); under forced
+    /// AVX-512 both run where the CPU has them.
     #[test]
-    fn low_precision_falls_back_to_fp32_without_the_avx512_kernels() {
+    fn low_precision_needs_the_packed_kernels_with_its_instructions() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
         let config = ClipConfig::from_file(&dir.join("config.json")).unwrap();
         let ckpt = Checkpoint::open(&[dir.join("model.safetensors")]).unwrap();
-        for kernels in [Kernels::Avx2, Kernels::Candle] {
-            for p in [Precision::Bf16, Precision::Int8] {
-                let m =
-                    ClipModel::load_with_precision(config.clone(), &ckpt, &Device::Cpu, kernels, p)
-                        .unwrap();
-                assert_eq!(m.precision(), Precision::Fp32, "{kernels} {p}");
-                let note = m.precision_note().unwrap();
-                assert!(
-                    note.contains("AVX-512") && note.contains("running fp32"),
-                    "{note}"
-                );
+        let caps = precision::Caps::detect();
+        let load = |kernels, p| {
+            ClipModel::load_with_precision(config.clone(), &ckpt, &Device::Cpu, kernels, p).unwrap()
+        };
+        for p in [Precision::Bf16, Precision::Int8] {
+            let m = load(Kernels::Candle, p);
+            assert_eq!(m.precision(), Precision::Fp32, "candle {p}");
+            let note = m.precision_note().unwrap();
+            assert!(
+                note.contains("packed kernels") && note.contains("running fp32"),
+                "{note}"
+            );
+        }
+        if Kernels::Avx2.resolve().0 == Kernels::Avx2 {
+            let m = load(Kernels::Avx2, Precision::Bf16);
+            assert_eq!(m.precision(), Precision::Fp32);
+            let note = m.precision_note().unwrap();
+            assert!(note.contains("AVX2 kernels are in use"), "{note}");
+            let m = load(Kernels::Avx2, Precision::Int8);
+            if caps.avx_vnni {
+                assert_eq!((m.precision(), m.precision_note()), (Precision::Int8, None));
+            } else {
+                crate::util::testing::skipped("no AVX-VNNI: int8 on the AVX2 kernels falls back");
+                assert_eq!(m.precision(), Precision::Fp32);
+                assert!(m.precision_note().unwrap().contains("AVX-VNNI"));
             }
         }
         if Kernels::Avx512.resolve().0 == Kernels::Avx512 {
-            for p in Precision::ALL.into_iter().filter(|p| p.native()) {
+            for p in Precision::ALL
+                .into_iter()
+                .filter(|p| p.native_with(Some(Isa::Avx512)))
+            {
+                let m = load(Kernels::Avx512, p);
+                assert_eq!((m.precision(), m.kernels()), (p, Kernels::Avx512));
+            }
+        }
+    }
+
+    /// int8 on the AVX2 kernels (AVX-VNNI) gives the AVX-512 kernels' int8 features: the
+    /// matrix multiplies are bit-identical, only the fp32 attention's sums run 8 lanes wide.
+    #[test]
+    fn int8_features_agree_across_the_packed_paths() {
+        let int8 = |k: Kernels| Precision::Int8.native_with(k.isa()) && k.resolve().0 == k;
+        if !(int8(Kernels::Avx512) && int8(Kernels::Avx2)) {
+            crate::util::testing::skipped("this CPU runs int8 on fewer than two packed paths");
+            return;
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
+        let config = ClipConfig::from_file(&dir.join("config.json")).unwrap();
+        let ckpt = Checkpoint::open(&[dir.join("model.safetensors")]).unwrap();
+        let models: Vec<ClipModel> = [Kernels::Avx512, Kernels::Avx2]
+            .into_iter()
+            .map(|k| {
                 let m = ClipModel::load_with_precision(
                     config.clone(),
                     &ckpt,
                     &Device::Cpu,
-                    Kernels::Avx512,
-                    p,
+                    k,
+                    Precision::Int8,
                 )
                 .unwrap();
-                assert_eq!((m.precision(), m.kernels()), (p, Kernels::Avx512));
-            }
-        }
+                assert_eq!((m.kernels(), m.precision()), (k, Precision::Int8));
+                m
+            })
+            .collect();
+        let s = config.vision.image_size;
+        let values: Vec<f32> = (0..3 * 3 * s * s)
+            .map(|i| (i as f32 * 0.37).sin() * 1.5)
+            .collect();
+        let pixels = Tensor::from_vec(values, (3, 3, s, s), &Device::Cpu).unwrap();
+        let d = max_diff(
+            &models[0].image_features(&pixels).unwrap(),
+            &models[1].image_features(&pixels).unwrap(),
+        );
+        assert!(d < 1e-5, "int8 image features differ by {d} (relative)");
+        let ids = Tensor::new(&[[49406u32, 320, 1125, 539, 49407, 49407]], &Device::Cpu).unwrap();
+        let d = max_diff(
+            &models[0].text_features(&ids, &[4]).unwrap(),
+            &models[1].text_features(&ids, &[4]).unwrap(),
+        );
+        assert!(d < 1e-5, "int8 text features differ by {d} (relative)");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use serde::{Deserialize, Serialize};
 
 use crate::clip::kernels::gemm::Epilogue;
+use crate::clip::kernels::simd::Isa;
 
 /// Arithmetic of the encoders' linear layers (`--precision`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -26,7 +27,8 @@ pub enum Precision {
     Bf16,
     /// Weights as int8 with one symmetric scale per output channel, activations quantised to
     /// int8 per token at each multiply's input, products summed exactly in int32
-    /// (AVX512-VNNI `vpdpbusd`), then scaled back to fp32.
+    /// (`vpdpbusd`: AVX512-VNNI with the AVX-512 kernels, AVX-VNNI with the AVX2 ones), then
+    /// scaled back to fp32.
     Int8,
 }
 
@@ -43,11 +45,16 @@ impl Precision {
         }
     }
 
-    /// Whether this CPU runs `self` as asked with cliplabel's packed CPU kernels (fp32: always;
-    /// bf16: AVX512-BF16; int8: AVX512-VNNI), rather than falling back (see [`resolve`]).
+    /// Whether this CPU runs `self` as asked with the best of cliplabel's packed CPU kernels
+    /// it has (fp32: always; bf16: AVX512-BF16; int8: AVX512-VNNI, or AVX-VNNI without
+    /// AVX-512), rather than falling back (see [`resolve`]).
     pub fn native(self) -> bool {
-        let avx512 = crate::clip::kernels::simd::Isa::Avx512.available();
-        resolve(self, avx512, Caps::detect()).0 == self
+        self.native_with(Isa::best())
+    }
+
+    /// Whether `self` runs as asked with the packed kernels of `isa` (`None`: candle's path).
+    pub fn native_with(self, isa: Option<Isa>) -> bool {
+        resolve(self, isa, Caps::detect()).0 == self
     }
 }
 
@@ -74,6 +81,9 @@ pub struct Caps {
     pub bf16: bool,
     /// AVX512-VNNI (`vpdpbusd`) with AVX-512F and BW.
     pub vnni: bool,
+    /// AVX-VNNI (`vpdpbusd` on 8-lane registers, VEX-encoded) with AVX2 and FMA: Intel Alder
+    /// Lake and later client parts, Sierra Forest, Sapphire Rapids.
+    pub avx_vnni: bool,
     /// Multiply-adds per second of `vdpbf16ps` over those of fp32 `vfmadd` (2 where the
     /// instruction runs at the FMA's rate; measured once, in about a millisecond, where
     /// `bf16` holds; 0 otherwise).
@@ -93,6 +103,7 @@ impl Caps {
                 Caps {
                     bf16,
                     vnni: f && has!("avx512bw") && has!("avx512vnni"),
+                    avx_vnni: has!("avx2") && has!("fma") && has!("avxvnni"),
                     // SAFETY: AVX-512F and AVX512-BF16 are present.
                     bf16_rate: if bf16 {
                         unsafe { x86::bf16_rate() }
@@ -107,6 +118,7 @@ impl Caps {
             Caps {
                 bf16: false,
                 vnni: false,
+                avx_vnni: false,
                 bf16_rate: 0.0,
             }
         }
@@ -159,15 +171,18 @@ mod x86 {
     }
 }
 
-/// The precision the model will run for `requested`: itself where the packed AVX-512 kernels
-/// are in use (`packed`; the AVX2 kernels are fp32 only) and `caps` has its instructions, else
-/// the next lower one, with a one-line note saying why. Emulating an instruction set would be
-/// slower than fp32, so never done.
-pub fn resolve(requested: Precision, packed: bool, caps: Caps) -> (Precision, Option<String>) {
-    let usable = |p: Precision| match p {
-        Precision::Fp32 => true,
-        Precision::Bf16 => packed && caps.bf16,
-        Precision::Int8 => packed && caps.vnni,
+/// The precision the model will run for `requested` on the packed kernels of `isa` (`None`:
+/// candle's path): itself where those kernels have a version for it and `caps` has its
+/// instructions (bf16: the AVX-512 kernels with AVX512-BF16; int8: the AVX-512 kernels with
+/// AVX512-VNNI, or the AVX2 kernels with AVX-VNNI), else the next lower one, with a one-line
+/// note saying why. Emulating an instruction set would be slower than fp32, so never done.
+pub fn resolve(requested: Precision, isa: Option<Isa>, caps: Caps) -> (Precision, Option<String>) {
+    let usable = |p: Precision| match (p, isa) {
+        (Precision::Fp32, _) => true,
+        (Precision::Bf16, Some(Isa::Avx512)) => caps.bf16,
+        (Precision::Int8, Some(Isa::Avx512)) => caps.vnni,
+        (Precision::Int8, Some(Isa::Avx2)) => caps.avx_vnni,
+        (Precision::Bf16, Some(Isa::Avx2)) | (_, None) => false,
     };
     if usable(requested) {
         let note = (requested == Precision::Bf16 && caps.bf16_rate < 1.0).then(|| {
@@ -184,14 +199,16 @@ pub fn resolve(requested: Precision, packed: bool, caps: Caps) -> (Precision, Op
         Precision::Int8 if usable(Precision::Bf16) && caps.bf16_rate >= 1.0 => Precision::Bf16,
         _ => Precision::Fp32,
     };
-    let why = if !packed {
-        "needs cliplabel's packed AVX-512 kernels, which are not in use here".to_string()
-    } else {
-        let isa = match requested {
-            Precision::Int8 => "AVX512-VNNI",
-            _ => "AVX512-BF16",
-        };
-        format!("needs {isa}, which this CPU lacks")
+    let why = match (requested, isa) {
+        (_, None) => "needs cliplabel's packed kernels, which are not in use here",
+        (Precision::Bf16, Some(Isa::Avx2)) => {
+            "needs cliplabel's AVX-512 kernels (AVX512-BF16), and the AVX2 kernels are in use"
+        }
+        (Precision::Int8, Some(Isa::Avx2)) => {
+            "needs AVX-VNNI with the AVX2 kernels, which this CPU lacks"
+        }
+        (Precision::Int8, _) => "needs AVX512-VNNI, which this CPU lacks",
+        _ => "needs AVX512-BF16, which this CPU lacks",
     };
     (
         got,
@@ -269,57 +286,81 @@ mod tests {
 
     #[test]
     fn missing_instructions_fall_back_one_step_with_a_note() {
+        let avx512 = Some(Isa::Avx512);
+        let avx2 = Some(Isa::Avx2);
         let all = Caps {
             bf16: true,
             vnni: true,
+            avx_vnni: true,
             bf16_rate: 2.0,
         };
         let none = Caps {
             bf16: false,
             vnni: false,
+            avx_vnni: false,
             bf16_rate: 0.0,
         };
-        let vnni_only = Caps {
-            bf16: false,
-            vnni: true,
-            bf16_rate: 0.0,
-        };
+        let vnni_only = Caps { vnni: true, ..none };
         let bf16_only = Caps {
             bf16: true,
-            vnni: false,
             bf16_rate: 2.0,
+            ..none
+        };
+        let avx_vnni_only = Caps {
+            avx_vnni: true,
+            ..none
         };
         // bf16 slower than fp32 runs as asked, but says so.
         let slow = Caps {
             bf16_rate: 0.5,
             ..all
         };
-        let (got, note) = resolve(Precision::Bf16, true, slow);
+        let (got, note) = resolve(Precision::Bf16, avx512, slow);
         assert_eq!(got, Precision::Bf16);
         assert!(note.unwrap().contains("0.50x"));
         assert_eq!(
-            resolve(Precision::Int8, true, slow),
+            resolve(Precision::Int8, avx512, slow),
             (Precision::Int8, None)
         );
         for p in Precision::ALL {
-            assert_eq!(resolve(p, true, all), (p, None));
+            assert_eq!(resolve(p, avx512, all), (p, None));
         }
-        assert_eq!(
-            resolve(Precision::Fp32, false, none),
-            (Precision::Fp32, None)
-        );
-        let (got, note) = resolve(Precision::Int8, true, bf16_only);
+        for isa in [avx512, avx2, None] {
+            assert_eq!(resolve(Precision::Fp32, isa, none), (Precision::Fp32, None));
+        }
+        let (got, note) = resolve(Precision::Int8, avx512, bf16_only);
         assert_eq!(got, Precision::Bf16);
         assert!(note.unwrap().contains("AVX512-VNNI"));
-        let (got, note) = resolve(Precision::Int8, true, none);
+        let (got, note) = resolve(Precision::Int8, avx512, none);
         assert_eq!(got, Precision::Fp32);
         assert!(note.unwrap().contains("running fp32"));
-        let (got, note) = resolve(Precision::Bf16, true, vnni_only);
+        let (got, note) = resolve(Precision::Bf16, avx512, vnni_only);
         assert_eq!(got, Precision::Fp32);
         assert!(note.unwrap().contains("AVX512-BF16"));
-        assert_eq!(resolve(Precision::Int8, true, vnni_only).0, Precision::Int8);
+        assert_eq!(
+            resolve(Precision::Int8, avx512, vnni_only).0,
+            Precision::Int8
+        );
+        // AVX-VNNI is what int8 needs on the AVX2 kernels, and it is no use to the AVX-512 ones.
+        assert_eq!(resolve(Precision::Int8, avx2, all), (Precision::Int8, None));
+        assert_eq!(
+            resolve(Precision::Int8, avx2, avx_vnni_only),
+            (Precision::Int8, None)
+        );
+        assert_eq!(
+            resolve(Precision::Int8, avx512, avx_vnni_only).0,
+            Precision::Fp32
+        );
+        let (got, note) = resolve(Precision::Int8, avx2, vnni_only);
+        assert_eq!(got, Precision::Fp32);
+        assert!(note.unwrap().contains("AVX-VNNI"));
+        // The AVX2 kernels have no bf16 version, and int8 never falls back to it there.
+        let (got, note) = resolve(Precision::Bf16, avx2, all);
+        assert_eq!(got, Precision::Fp32);
+        assert!(note.unwrap().contains("AVX2 kernels are in use"));
+        assert_eq!(resolve(Precision::Int8, avx2, bf16_only).0, Precision::Fp32);
         for p in [Precision::Bf16, Precision::Int8] {
-            let (got, note) = resolve(p, false, all);
+            let (got, note) = resolve(p, None, all);
             assert_eq!(got, Precision::Fp32);
             let note = note.unwrap();
             assert!(note.contains("packed") && !note.contains('\n'), "{note}");
