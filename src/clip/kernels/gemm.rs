@@ -130,15 +130,12 @@ impl PackedWeight {
 
     /// Allocates the `m * n` output and fills it, without zeroing it first.
     fn matmul_vec(&self, x: &[f32], m: usize, epilogue: Epilogue) -> Vec<f32> {
-        let len = m * self.n;
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        // SAFETY: the buffer has room for m * n values, and `matmul_into` writes every one of
-        // them before `set_len` exposes them.
+        // SAFETY: `matmul_into` writes all m * n values.
         unsafe {
-            self.matmul_into(x, m, out.as_mut_ptr(), epilogue);
-            out.set_len(len);
+            crate::clip::kernels::precision::filled_by(m * self.n, |out| {
+                self.matmul_into(x, m, out, epilogue)
+            })
         }
-        out
     }
 
     /// Writes all `m * n` results to `out`.

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use crate::clip::kernels::gemm::Epilogue;
-use crate::clip::kernels::precision::PackedLinear;
+use crate::clip::kernels::precision::{filled_by, PackedLinear};
 
 /// Columns per kernel call (two 16-lane registers).
 pub(crate) const NR: usize = 32;
@@ -126,6 +126,7 @@ impl PackedBf16 {
     /// `out = bf16(x) · bf16(W)ᵀ + b`, then `epilogue`, for `x` of `m` rows of `k` values.
     ///
     /// Panics if the CPU lacks AVX512-BF16 (check [`available`]) or the lengths disagree.
+    #[cfg(any(test, feature = "internals"))]
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: Epilogue) {
         assert_eq!(out.len(), m * self.n, "output must hold m * n values");
         // SAFETY: `out` holds m * n values.
@@ -194,9 +195,8 @@ impl PackedLinear for PackedBf16 {
         self.n
     }
     fn matmul_vec(&self, x: &[f32], m: usize, epilogue: Epilogue) -> Vec<f32> {
-        let mut out = vec![0f32; m * self.n];
-        self.matmul(x, m, &mut out, epilogue);
-        out
+        // SAFETY: `matmul_into` writes all m * n values.
+        unsafe { filled_by(m * self.n, |out| self.matmul_into(x, m, out, epilogue)) }
     }
 }
 

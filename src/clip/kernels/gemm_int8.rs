@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use crate::clip::kernels::gemm::Epilogue;
 use crate::clip::kernels::gemm_bf16::{for_each_tile, row_stride, SendPtr, MR, NR};
-use crate::clip::kernels::precision::{Caps, PackedLinear};
+use crate::clip::kernels::precision::{filled_by, Caps, PackedLinear};
 use crate::clip::kernels::simd::Isa;
 
 /// Rows per call of the AVX-VNNI kernel: twelve 8-lane accumulators (6 rows x 16 columns), two
@@ -150,8 +150,18 @@ impl PackedInt8 {
     ///
     /// Panics if the CPU lacks the instructions of the kernels `self` was packed for (check
     /// [`available_for`]) or the lengths disagree.
+    #[cfg(any(test, feature = "internals"))]
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: Epilogue) {
         assert_eq!(out.len(), m * self.n, "output must hold m * n values");
+        // SAFETY: `out` holds m * n values.
+        unsafe { self.matmul_into(x, m, out.as_mut_ptr(), epilogue) }
+    }
+
+    /// Writes all `m * n` results to `out`, as [`PackedInt8::matmul`] describes.
+    ///
+    /// # Safety
+    /// `out` must be valid for writes of `m * n` values, and not overlap `x`.
+    unsafe fn matmul_into(&self, x: &[f32], m: usize, out: *mut f32, epilogue: Epilogue) {
         let isa = self.isa;
         assert!(
             available_for(isa),
@@ -184,7 +194,7 @@ impl PackedInt8 {
                     }
                 }
             });
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = SendPtr(out);
         for_each_tile(m, n, |q, rows, p, cols| {
             let out_ptr = &out_ptr;
             let c = p * NR..(p + 1) * NR;
@@ -236,9 +246,8 @@ impl PackedLinear for PackedInt8 {
         self.n
     }
     fn matmul_vec(&self, x: &[f32], m: usize, epilogue: Epilogue) -> Vec<f32> {
-        let mut out = vec![0f32; m * self.n];
-        self.matmul(x, m, &mut out, epilogue);
-        out
+        // SAFETY: `matmul_into` writes all m * n values.
+        unsafe { filled_by(m * self.n, |out| self.matmul_into(x, m, out, epilogue)) }
     }
 }
 
