@@ -14,6 +14,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
+use crate::clip::kernels::ops::filled_by;
 use crate::clip::kernels::simd::{softmax_in_place_with, Isa};
 
 /// Sizes of one attention call.
@@ -110,30 +111,33 @@ pub fn attention(
         panic!("{e}");
     }
     let out_rows = batch * queries.per_sequence(seq);
-    let mut out = vec![0f32; out_rows * d];
-    if out.is_empty() {
-        return out;
+    if out_rows * d == 0 {
+        return Vec::new();
     }
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    (0..batch * heads).into_par_iter().for_each(|task| {
-        let job = Task {
-            qkv,
-            shape,
-            scale,
-            causal,
-            queries,
-            b: task / heads,
-            h: task % heads,
-            out: &out_ptr,
-        };
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has `isa` (asserted above).
-            Some(isa) => unsafe { job.run_simd(isa) },
-            _ => job.run(),
-        }
-    });
-    out
+    let fill = |out: *mut f32| {
+        let out_ptr = SendPtr(out);
+        (0..batch * heads).into_par_iter().for_each(|task| {
+            let job = Task {
+                qkv,
+                shape,
+                scale,
+                causal,
+                queries,
+                b: task / heads,
+                h: task % heads,
+                out: &out_ptr,
+            };
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has `isa` (asserted above).
+                Some(isa) => unsafe { job.run_simd(isa) },
+                _ => job.run(),
+            }
+        });
+    };
+    // SAFETY: task (b, h) writes head h's `hd` values of every result row of sequence b, so
+    // the tasks together write all `out_rows * d` values.
+    unsafe { filled_by(out_rows * d, fill) }
 }
 
 /// One (sequence, head) pair of [`attention`].

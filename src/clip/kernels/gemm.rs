@@ -132,7 +132,7 @@ impl PackedWeight {
     fn matmul_vec(&self, x: &[f32], m: usize, epilogue: Epilogue) -> Vec<f32> {
         // SAFETY: `matmul_into` writes all m * n values.
         unsafe {
-            crate::clip::kernels::precision::filled_by(m * self.n, |out| {
+            crate::clip::kernels::ops::filled_by(m * self.n, |out| {
                 self.matmul_into(x, m, out, epilogue)
             })
         }

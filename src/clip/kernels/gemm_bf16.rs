@@ -10,7 +10,8 @@
 use rayon::prelude::*;
 
 use crate::clip::kernels::gemm::Epilogue;
-use crate::clip::kernels::precision::{filled_by, PackedLinear};
+use crate::clip::kernels::ops::filled_by;
+use crate::clip::kernels::precision::PackedLinear;
 
 /// Columns per kernel call (two 16-lane registers).
 pub(crate) const NR: usize = 32;

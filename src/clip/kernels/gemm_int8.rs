@@ -21,7 +21,8 @@ use rayon::prelude::*;
 
 use crate::clip::kernels::gemm::Epilogue;
 use crate::clip::kernels::gemm_bf16::{for_each_tile, row_stride, SendPtr, MR, NR};
-use crate::clip::kernels::precision::{filled_by, Caps, PackedLinear};
+use crate::clip::kernels::ops::filled_by;
+use crate::clip::kernels::precision::{Caps, PackedLinear};
 use crate::clip::kernels::simd::Isa;
 
 /// Rows per call of the AVX-VNNI kernel: twelve 8-lane accumulators (6 rows x 16 columns), two

@@ -23,6 +23,20 @@ pub(crate) fn contiguous_f32<'a>(
     Ok(&data[start..end])
 }
 
+/// A vector of `len` values written by `fill` through a raw pointer, without zeroing them first:
+/// a matrix multiply's or attention's output is tens of megabytes at ViT-B/16's batch sizes
+/// (fc1: 77 MB for 32 images), and the kernels write every value anyway.
+///
+/// # Safety
+/// `fill` must write all `len` values.
+pub(crate) unsafe fn filled_by(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    fill(out.as_mut_ptr());
+    // SAFETY: the caller promises `fill` wrote all `len` values.
+    unsafe { out.set_len(len) };
+    out
+}
+
 struct QuickGelu;
 
 #[inline]

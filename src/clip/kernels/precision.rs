@@ -216,20 +216,6 @@ pub fn resolve(requested: Precision, isa: Option<Isa>, caps: Caps) -> (Precision
     )
 }
 
-/// A vector of `len` values written by `fill` through a raw pointer, without zeroing them first:
-/// a matrix multiply's output is tens of megabytes at ViT-B/16's batch sizes (fc1: 77 MB for
-/// 32 images), and its kernels write every value anyway.
-///
-/// # Safety
-/// `fill` must write all `len` values.
-pub(crate) unsafe fn filled_by(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    fill(out.as_mut_ptr());
-    // SAFETY: the caller promises `fill` wrote all `len` values.
-    unsafe { out.set_len(len) };
-    out
-}
-
 /// A packed weight matrix that multiplies contiguous f32 rows: `x · Wᵀ + b`, then `epilogue`.
 pub trait PackedLinear: Sync {
     /// Input features.
