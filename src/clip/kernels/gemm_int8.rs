@@ -215,11 +215,14 @@ impl PackedInt8 {
             // blocks (`r0`, `c0`) lie within the tile, and its slices start at the block.
             unsafe {
                 match isa {
-                    Isa::Avx512 => dispatch(rows, k4, a, lda / 4, panel, tile, n, cols, epi(0, 0)),
+                    Isa::Avx512 => {
+                        dispatch(isa, rows, k4, a, lda / 4, panel, tile, n, cols, epi(0, 0))
+                    }
                     Isa::Avx2 => {
                         for r0 in (0..rows).step_by(MR_AVX2) {
                             for c0 in (0..cols).step_by(NR / 2) {
-                                dispatch_avx2(
+                                dispatch(
+                                    isa,
                                     MR_AVX2.min(rows - r0),
                                     k4,
                                     a.add(r0 * lda / 4),
@@ -263,12 +266,14 @@ struct Epi<'a> {
     gelu: bool,
 }
 
-/// Runs the kernel for `rows` (1..=MR) rows.
+/// Runs `isa`'s kernel for `rows` rows (1..=MR with AVX-512; 1..=6 with AVX2, whose `cols`
+/// are at most 16).
 ///
 /// # Safety
-/// As [`x86::kernel`].
+/// As [`x86::kernel`] or [`x86::kernel_avx2`].
 #[allow(clippy::too_many_arguments)]
 unsafe fn dispatch(
+    isa: Isa,
     rows: usize,
     k4: usize,
     a: *const u32,
@@ -281,56 +286,23 @@ unsafe fn dispatch(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        use x86::kernel;
+        use x86::{kernel, kernel_avx2};
         macro_rules! go {
-            ($($r:literal)*) => {
+            ($f:ident: $($r:literal)*) => {
                 match rows {
-                    $($r => kernel::<$r>(k4, a, lda, b, c, ldc, cols, &e),)*
-                    _ => unreachable!("row panels hold 1..=MR rows"),
+                    $($r => $f::<$r>(k4, a, lda, b, c, ldc, cols, &e),)*
+                    _ => unreachable!("{isa:?} int8 blocks do not hold {rows} rows"),
                 }
             };
         }
-        go!(1 2 3 4 5 6 7 8 9 10 11 12)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (rows, k4, a, lda, b, c, ldc, cols, e);
-        unreachable!("the int8 kernels are only built for x86_64")
-    }
-}
-
-/// Runs the AVX-VNNI kernel for `rows` (1..=6) rows and `cols` (1..=16) columns.
-///
-/// # Safety
-/// As [`x86::kernel_avx2`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn dispatch_avx2(
-    rows: usize,
-    k4: usize,
-    a: *const u32,
-    lda: usize,
-    b: *const i32,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    e: Epi,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use x86::kernel_avx2 as kernel;
-        match rows {
-            1 => kernel::<1>(k4, a, lda, b, c, ldc, cols, &e),
-            2 => kernel::<2>(k4, a, lda, b, c, ldc, cols, &e),
-            3 => kernel::<3>(k4, a, lda, b, c, ldc, cols, &e),
-            4 => kernel::<4>(k4, a, lda, b, c, ldc, cols, &e),
-            5 => kernel::<5>(k4, a, lda, b, c, ldc, cols, &e),
-            6 => kernel::<6>(k4, a, lda, b, c, ldc, cols, &e),
-            _ => unreachable!("AVX-VNNI blocks hold 1..=6 rows"),
+        match isa {
+            Isa::Avx512 => go!(kernel: 1 2 3 4 5 6 7 8 9 10 11 12),
+            Isa::Avx2 => go!(kernel_avx2: 1 2 3 4 5 6),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (rows, k4, a, lda, b, c, ldc, cols, e);
+        let _ = (isa, rows, k4, a, lda, b, c, ldc, cols, e);
         unreachable!("the int8 kernels are only built for x86_64")
     }
 }
